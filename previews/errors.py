@@ -1,0 +1,108 @@
+"""The one exception tree of `previews`.
+
+::
+
+    PreviewsError
+    ├── ValidationError          bad input (event field, parameter, setting); never retried
+    │   └── TagPolicyError       a tag the policy refuses (protected or not pr-<N>-<sha>)
+    ├── PermanentError           a remote said no for good: auth, 4xx, missing ref; never retried
+    │   ├── AuthError            401/403 from a registry, git remote or GitHub
+    │   ├── BuildError           the Dockerfile failed; carries the tail of the build log
+    │   ├── PushError            the registry refused the push for good
+    │   ├── GitError             clone/fetch/checkout failed for good (unknown SHA, ambiguous short SHA)
+    │   └── GitHubError          a GitHub API 4xx
+    └── TransientError           worth retrying: 5xx, 429, timeouts, connection resets
+        ├── TransientPushError
+        ├── TransientGitError
+        └── TransientGitHubError
+
+Adapters translate library errors with ``raise ... from exc`` and keep context as attributes.
+Messages never contain a secret: callers pass redacted text only.
+"""
+
+from __future__ import annotations
+
+
+class PreviewsError(Exception):
+    """Root of every error `previews` raises on purpose."""
+
+
+class ValidationError(PreviewsError, ValueError):
+    """An input failed validation. ``field`` names the input that was wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class TagPolicyError(ValidationError):
+    """The tag policy refused a tag before any network call."""
+
+    def __init__(self, tag: str, message: str) -> None:
+        super().__init__("tag", f"{tag!r} refused: {message}")
+        self.tag = tag
+
+
+class PermanentError(PreviewsError):
+    """A remote refused for good. Retrying would give the same answer."""
+
+
+class AuthError(PermanentError):
+    """Credentials were missing, wrong or lacked permission."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BuildError(PermanentError):
+    """``docker build`` failed. ``log_tail`` holds the last lines of the build output."""
+
+    def __init__(self, message: str, *, log_tail: list[str] | None = None) -> None:
+        tail = list(log_tail or [])
+        text = message if not tail else message + "\n--- last build output ---\n" + "\n".join(tail)
+        super().__init__(text)
+        self.reason = message
+        self.log_tail = tail
+
+
+class PushError(PermanentError):
+    """The registry refused the push for good."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class GitError(PermanentError):
+    """A git operation failed for good."""
+
+
+class GitHubError(PermanentError):
+    """The GitHub API answered with a permanent error."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientError(PreviewsError):
+    """A failure worth retrying. ``retry_after`` (seconds) when the remote said how long to wait."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientPushError(TransientError):
+    """The registry failed in a way worth retrying (5xx, 429, reset)."""
+
+
+class TransientGitError(TransientError):
+    """The git remote failed in a way worth retrying."""
+
+
+class TransientGitHubError(TransientError):
+    """GitHub failed in a way worth retrying (5xx, 429, secondary rate limit)."""

@@ -1,0 +1,106 @@
+"""Settings of `previews`, read from the environment (prefix ``PREVIEWS_``) or passed in by a caller.
+
+One composition place builds these and hands them down; nothing reads the environment behind a caller's back.
+Secrets are ``SecretStr`` and are unwrapped only at the call that needs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from previews.core.names import parse_registry
+
+
+class Settings(BaseSettings):
+    """Everything configurable about the pipeline, the receiver and the cleanup."""
+
+    model_config = SettingsConfigDict(env_prefix="PREVIEWS_", extra="ignore", frozen=True)
+
+    # Registry and image
+    registry: str = "ghcr.io"
+    image: str | None = Field(default=None, description="image repository; default: the GitHub repository")
+    registry_username: str | None = None
+    registry_token: SecretStr | None = None
+    registry_kind: Literal["oci", "ghcr"] | None = None
+    tag_sha_length: int = Field(default=40, ge=7, le=40)
+    protected_tags: str = Field(default="", description="extra comma-separated protected tag globs")
+
+    # Source checkout
+    git_url_template: str = "https://github.com/{repository}.git"
+    git_token: SecretStr | None = None
+    siblings: str = Field(default="", description="name=owner/repo@ref,... checked out beside the app")
+    workspace_root: Path | None = None
+
+    # Build (the production build's settings)
+    dockerfile: str = "Dockerfile"
+    build_context: str = "."
+    build_target: str | None = None
+    build_args: str = Field(default="", description="KEY=VALUE,... passed as docker build args")
+    build_timeout: float = Field(default=1800.0, gt=0)
+    push_timeout: float = Field(default=900.0, gt=0)
+
+    # Retries of transient failures (registry, git, GitHub)
+    retries: int = Field(default=3, ge=0, le=10)
+    retry_delay: float = Field(default=2.0, ge=0, le=300)
+
+    # GitHub
+    github_api_url: str = "https://api.github.com"
+    github_token: SecretStr | None = None
+    github_app_id: int | None = None
+    github_app_private_key: SecretStr | None = None
+    github_app_installation_id: int | None = None
+    infra_repository: str | None = None
+    infra_webhook_url: str | None = None
+    infra_webhook_secret: SecretStr | None = None
+    paths_ignore: str = "docs/**,**/*.md"
+    fork_policy: Literal["skip", "label", "allow"] = "skip"
+    fork_label: str = "safe-to-preview"
+    status_context: str = "previews/image"
+    ui_url: str | None = Field(default=None, description="Prefect UI base URL for status links")
+
+    # Receiver
+    webhook_secret: SecretStr | None = None
+    allowed_repositories: str = ""
+    outbox_path: Path = Path(".state/outbox.sqlite3")
+    max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    outbox_retention_hours: float = Field(default=168.0, ge=0)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str) -> str:
+        return parse_registry(value, field="PREVIEWS_REGISTRY")
+
+    @property
+    def has_push_credentials(self) -> bool:
+        """True when a registry username and token are both configured."""
+        return bool(self.registry_username) and bool(
+            self.registry_token and self.registry_token.get_secret_value()
+        )
+
+    def protected_tag_patterns(self) -> tuple[str, ...]:
+        """Default protected tags plus the configured extras."""
+        from previews.core.tags import DEFAULT_PROTECTED
+
+        extra = tuple(p.strip() for p in self.protected_tags.split(",") if p.strip())
+        return DEFAULT_PROTECTED + extra
+
+    def build_arg_map(self) -> dict[str, str]:
+        """Parse ``KEY=VALUE,...`` into a dict; keys must be shell-variable-like names."""
+        import re
+
+        from previews.errors import ValidationError
+
+        result: dict[str, str] = {}
+        for raw in self.build_args.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key, re.ASCII):
+                raise ValidationError("PREVIEWS_BUILD_ARGS", f"{item[:60]!r} is not KEY=VALUE")
+            result[key] = value
+        return result
