@@ -20,6 +20,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PREVIEWS_", extra="ignore", frozen=True)
 
+    # Prefect blocks loaded by the flows at run time (names); they override the environment.
+    credentials_block: str | None = None
+    config_block: str | None = None
+
     # Registry and image
     registry: str = "ghcr.io"
     image: str | None = Field(default=None, description="image repository; default: the GitHub repository")
@@ -34,6 +38,7 @@ class Settings(BaseSettings):
     git_token: SecretStr | None = None
     siblings: str = Field(default="", description="name=owner/repo@ref,... checked out beside the app")
     workspace_root: Path | None = None
+    app_dir: str = Field(default="app", description="directory of the PR checkout inside the workspace")
 
     # Build (the production build's settings)
     dockerfile: str = "Dockerfile"
@@ -68,6 +73,17 @@ class Settings(BaseSettings):
     outbox_path: Path = Path(".state/outbox.sqlite3")
     max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     outbox_retention_hours: float = Field(default=168.0, ge=0)
+    forwarder_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="outbox poll interval")
+    forwarder_max_backoff: float = Field(
+        default=30.0, ge=1, le=600, description="backoff cap while Prefect is down"
+    )
+    forwarder_batch_size: int = Field(default=50, ge=1, le=500)
+    # Where the forwarder sends events: Prefect's own variables (no PREVIEWS_ prefix), as the prefect CLI reads them.
+    prefect_api_url: str | None = Field(default=None, validation_alias="prefect_api_url")
+    prefect_api_key: SecretStr | None = Field(default=None, validation_alias="prefect_api_key")
+    prefect_api_auth_string: SecretStr | None = Field(
+        default=None, validation_alias="prefect_api_auth_string"
+    )
 
     @field_validator("registry")
     @classmethod

@@ -1,0 +1,1 @@
+"""Prefect flows of `previews`: orchestration only (tasks, retries, artifacts, run names)."""

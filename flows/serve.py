@@ -1,0 +1,26 @@
+"""Serve the deployments from this process (``python -m flows.serve``), as ``previews up`` does.
+
+Production runs them on a Docker work pool from prefect.yaml instead; the triggers are the same.
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+
+from flows.preview_image import preview_image
+from flows.preview_teardown import preview_teardown
+from flows.triggers import image_trigger, teardown_trigger
+
+
+def main() -> None:
+    """Register the deployments with their event triggers and run their flow runs locally."""
+    image = preview_image.to_deployment(name="preview-image", triggers=[image_trigger()])
+    teardown = preview_teardown.to_deployment(name="preview-teardown", triggers=[teardown_trigger()])
+    assert isinstance(image, RunnerDeployment)
+    assert isinstance(teardown, RunnerDeployment)
+    serve(image, teardown, limit=4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The event triggers of the deployments, shared by ``previews up`` (served flows) and checked against prefect.yaml.
+
+Events come from the receiver (see DESIGN.md, "The event contract"): ``github.pull_request.<action>`` on the
+resource ``github.pull-request.<owner>/<repo>#<N>`` with the validated fields in ``payload``. A template that is
+exactly ``"{{ event.payload.x }}"`` keeps the payload's JSON type, so ``pr_number`` arrives as an int.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.events import DeploymentEventTrigger
+
+BUILD_ACTIONS = ("opened", "synchronize", "reopened", "ready_for_review", "labeled")
+RESOURCE_MATCH = {"prefect.resource.id": "github.pull-request.*"}
+
+IMAGE_PARAMETERS: dict[str, Any] = {
+    "repository": "{{ event.payload.repository }}",
+    "pr_number": "{{ event.payload.number }}",
+    "head_sha": "{{ event.payload.head_sha }}",
+    "base_sha": "{{ event.payload.base_sha }}",
+    "delivery": "{{ event.payload.delivery }}",
+}
+TEARDOWN_PARAMETERS: dict[str, Any] = {
+    "repository": "{{ event.payload.repository }}",
+    "pr_number": "{{ event.payload.number }}",
+    "delivery": "{{ event.payload.delivery }}",
+}
+
+
+def image_trigger() -> DeploymentEventTrigger:
+    """Build on every push-like pull_request action."""
+    return DeploymentEventTrigger(
+        name="preview-image-on-pull-request",
+        expect={f"github.pull_request.{action}" for action in BUILD_ACTIONS},
+        match=RESOURCE_MATCH,
+        parameters=IMAGE_PARAMETERS,
+    )
+
+
+def teardown_trigger() -> DeploymentEventTrigger:
+    """Tear the preview down when the pull request closes."""
+    return DeploymentEventTrigger(
+        name="preview-teardown-on-close",
+        expect={"github.pull_request.closed"},
+        match=RESOURCE_MATCH,
+        parameters=TEARDOWN_PARAMETERS,
+    )

@@ -1,0 +1,151 @@
+"""The ``previews`` command.
+
+``previews build`` runs the preview-image flow once, in this process, against the Prefect API in
+``PREFECT_API_URL`` (or a temporary local one). Exit status: 0 pushed or skipped, 2 invalid input, 1 failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from previews.errors import PreviewsError, ValidationError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _build(args: argparse.Namespace) -> int:
+    from previews.core.names import parse_pr_number, parse_repository, parse_sha
+    from previews.settings import Settings
+
+    try:
+        settings = Settings()
+        parse_repository(args.repository)
+        parse_pr_number(args.pr)
+        parse_sha(args.sha)
+    except (ValidationError, ValueError) as invalid_input:
+        return _report_invalid(args, invalid_input)
+
+    if not (args.debug or args.verbose):
+        # The run's full log (build output, tracebacks) is in the Prefect UI; the terminal gets one sentence.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+    from flows.common import use_settings
+    from flows.preview_image import preview_image
+    from previews.core.outcome import PreviewResult
+
+    with use_settings(settings):
+        state = preview_image(
+            repository=args.repository, pr_number=int(args.pr), head_sha=args.sha, return_state=True
+        )
+    run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+    if state.is_completed():
+        result = state.result()
+        assert isinstance(result, PreviewResult)
+        _print_result(args, result.to_json(), human=f"{result.status}: {result.reason}")
+        return EXIT_OK
+    error = state.result(raise_on_failure=False)
+    exc = error if isinstance(error, BaseException) else PreviewsError(state.message or "the run failed")
+    if args.debug and isinstance(exc, BaseException):
+        traceback.print_exception(exc)
+    invalid = isinstance(exc, ValidationError)
+    payload: dict[str, Any] = {
+        "status": "failed",
+        "image": None,
+        "digest": None,
+        "reason": _one_line(exc),
+        "error": type(exc).__name__,
+        "flow_run_id": run_id,
+    }
+    _print_result(args, payload, human=f"failed: {_one_line(exc)}", stream=sys.stderr)
+    return EXIT_INVALID if invalid else EXIT_FAILED
+
+
+def _report_invalid(args: argparse.Namespace, exc: Exception) -> int:
+    payload = {
+        "status": "failed",
+        "image": None,
+        "digest": None,
+        "reason": _one_line(exc),
+        "flow_run_id": None,
+    }
+    _print_result(args, payload, human=f"invalid input: {_one_line(exc)}", stream=sys.stderr)
+    return EXIT_INVALID
+
+
+def _print_result(
+    args: argparse.Namespace, payload: dict[str, Any], *, human: str, stream: Any = None
+) -> None:
+    if args.json:
+        print(json.dumps(payload, sort_keys=True))
+    else:
+        print(human, file=stream or sys.stdout)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``previews``."""
+    root = argparse.ArgumentParser(
+        prog="previews", description="Per-PR preview images, built by Prefect flows."
+    )
+    root.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build and push one PR's preview image now, in this process")
+    build.add_argument("--repository", required=True, help="GitHub repository, owner/name")
+    build.add_argument("--pr", required=True, help="pull request number")
+    build.add_argument("--sha", required=True, help="head commit SHA (full, or a prefix of the PR head)")
+    build.add_argument("--json", action="store_true", help="print one JSON object")
+    build.add_argument("--verbose", "-v", action="store_true", help="stream the run's log to the terminal")
+    build.set_defaults(handler=_build)
+
+    for register in _plugins():
+        register(sub)
+    return root
+
+
+def _plugins() -> list[Callable[[Any], None]]:
+    """Subcommands contributed by the other parts of the package."""
+    registers: list[Callable[[Any], None]] = []
+    for module_name in ("previews.ingress.commands", "previews.stack", "previews.registry.commands"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        registers.append(module.register)
+    return registers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``previews`` console script."""
+    args = parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except ValidationError as exc:
+        if args.debug:
+            raise
+        print(f"invalid input: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    except PreviewsError as exc:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

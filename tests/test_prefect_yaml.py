@@ -1,0 +1,42 @@
+"""prefect.yaml and the served deployments trigger on the same events with the same parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.triggers import image_trigger, teardown_trigger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def deployments() -> dict[str, dict[str, Any]]:
+    data = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    return {d["name"]: d for d in data["deployments"]}
+
+
+def test_yaml_triggers_match_the_served_triggers() -> None:
+    found = deployments()
+    for name, trigger in (("preview-image", image_trigger()), ("preview-teardown", teardown_trigger())):
+        (declared,) = found[name]["triggers"]
+        assert declared["name"] == trigger.name
+        assert set(declared["expect"]) == trigger.expect
+        assert declared["match"] == trigger.match.model_dump()
+        assert declared["parameters"] == trigger.parameters
+
+
+def test_yaml_holds_no_secret_and_no_block_reference_in_job_variables() -> None:
+    text = (ROOT / "prefect.yaml").read_text()
+    assert "prefect.blocks." not in text
+    for deployment in deployments().values():
+        env = deployment["work_pool"]["job_variables"].get("env", {})
+        assert not any(k.endswith(("TOKEN", "PASSWORD", "SECRET", "PRIVATE_KEY")) for k in env)
+
+
+def test_entrypoints_exist() -> None:
+    for deployment in deployments().values():
+        module, _, func = deployment["entrypoint"].partition(":")
+        assert (ROOT / module).exists()
+        assert f"def {func}(" in (ROOT / module).read_text()
