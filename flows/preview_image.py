@@ -7,7 +7,9 @@ Only transient failures are retried; invalid input fails fast and touches nothin
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -18,13 +20,20 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from flows.common import current_settings, retry_transient_only, retrying, timed
+from flows.notify import send_create
+from flows.reporting import StatusReporter, flow_run_url
 from previews import git
+from previews.core import status
+from previews.core.forks import decide_fork, is_fork
 from previews.core.names import parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
+from previews.core.paths import docs_only
 from previews.core.request import BuildRequest, validate_request
+from previews.core.status import StatusUpdate
 from previews.core.tags import ensure_pushable, pr_tag
 from previews.docker_engine import BuildSpec, BuiltImage, DockerEngine, PushedImage
-from previews.errors import ValidationError
+from previews.errors import BuildError, ValidationError
+from previews.github.client import GitHubClient, PullRequestInfo
 from previews.settings import Settings
 
 
@@ -55,7 +64,9 @@ def validate_inputs(
 
 
 @task(name="checkout", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def checkout_source(request: BuildRequest, workspace: Path, settings: Settings) -> git.CheckoutResult:
+def checkout_source(
+    request: BuildRequest, workspace: Path, settings: Settings, base_sha: str | None = None
+) -> git.CheckoutResult:
     """Fetch the exact head SHA (and the siblings) into a fresh workspace."""
     logger = get_run_logger()
     git.remove_workspace(workspace)
@@ -70,6 +81,7 @@ def checkout_source(request: BuildRequest, workspace: Path, settings: Settings) 
         siblings=siblings,
         token=settings.git_token,
         app_name=settings.app_dir,
+        fetch_base=base_sha,
     )
     logger.info("Checked out %s at %s", request.repository, result.head_sha)
     for name, sha in result.siblings.items():
@@ -139,24 +151,60 @@ def push_image(request: BuildRequest, tag: str, settings: Settings) -> PushedIma
     return pushed
 
 
+@task(name="read-pull-request", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def read_pull_request(client: GitHubClient, request: BuildRequest) -> PullRequestInfo:
+    """Read the PR from GitHub: base SHA, head repository, labels and state for a run started by hand."""
+    return client.get_pull(request.repository, request.pr_number)
+
+
+@task(name="changed-files", cache_policy=NO_CACHE)
+def list_changed_files(checkout: git.CheckoutResult, base_sha: str) -> list[str]:
+    """Paths changed between the base and the head commit, from the checkout (no 300-file limit)."""
+    return git.changed_files(checkout.app_dir, base_sha, checkout.head_sha)
+
+
 @task(name="notify-infra", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def notify_infra(request: BuildRequest, pushed: PushedImage, settings: Settings) -> NotifyResult:
+def notify_infra(
+    request: BuildRequest,
+    pushed: PushedImage,
+    tag: str,
+    head_sha: str,
+    delivery: str | None,
+    client: GitHubClient | None,
+    settings: Settings,
+) -> NotifyResult:
     """Tell the infra repository to create the preview environment, pinned by digest."""
-    logger = get_run_logger()
-    if not settings.infra_repository and not settings.infra_webhook_url:
-        result = NotifyResult(
-            sent=False, target=None, reason="no infra target configured; nobody was notified"
-        )
-        logger.warning(result.reason)
-        return result
-    raise NotImplementedError  # replaced by the GitHub integration
+    return send_create(
+        settings=settings,
+        client=client,
+        repository=request.repository,
+        pr_number=request.pr_number,
+        sha=head_sha,
+        image=pushed.reference,
+        digest=pushed.digest,
+        tag=tag,
+        delivery=delivery,
+        logger=get_run_logger(),
+    )
 
 
-def _finish(result: PreviewResult) -> State[PreviewResult]:
-    """Write the run's summary artifact and end the run Completed with the outcome as its message."""
+def _finish(
+    result: PreviewResult, reporter: StatusReporter | None = None, update: StatusUpdate | None = None
+) -> State:
+    """Post the final commit status, write the summary artifact, end the run Completed with the outcome."""
+    if reporter is not None and update is not None:
+        reporter.post(update)
     key = f"preview-pr-{result.pr_number}" if result.pr_number else "preview-invalid"
     create_markdown_artifact(markdown=summary_markdown(result), key=key, description=result.reason)
     return Completed(message=result.reason, data=result)
+
+
+def _failure_status(exc: BaseException) -> StatusUpdate:
+    """``failure`` when the PR's own build broke; ``error`` when the pipeline could not do its job."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, BuildError):
+        return status.failed(exc.reason, state="failure")
+    return status.failed(f"{type(exc).__name__}: {first_line}", state="error")
 
 
 @flow(name="preview-image", flow_run_name=run_name, validate_parameters=False)
@@ -165,12 +213,15 @@ def preview_image(
     pr_number: int,
     head_sha: str,
     base_sha: str | None = None,
+    head_repository: str | None = None,
+    labels: list[str] | None = None,
     delivery: str | None = None,
-) -> State[PreviewResult]:
+) -> State:
     """Build and push the preview image of ``repository``'s PR ``pr_number`` at ``head_sha``.
 
-    Parameters are plain values so a person can start or rerun a build from the Prefect UI's form.
-    ``head_sha`` may be a 7-39 character prefix of the PR's current head commit.
+    Parameters are plain values so a person can start or rerun a build from the Prefect UI's form: only
+    ``repository``, ``pr_number`` and ``head_sha`` are needed (a 7-39 character prefix of the PR's head
+    works); the rest is read from GitHub when credentials are configured, and checked against it.
     """
     settings = current_settings()
     logger = get_run_logger()
@@ -178,44 +229,117 @@ def preview_image(
     durations: dict[str, float] = {}
     with timed(durations, "validate"):
         request = validate_inputs(repository, pr_number, head_sha, settings)
+    base = parse_sha(base_sha, field="base_sha", full=True) if base_sha else None
+    outcome = partial(
+        PreviewResult,
+        repository=request.repository,
+        pr_number=request.pr_number,
+        head_sha=request.head_sha,
+        durations_s=durations,
+        flow_run_id=run_id,
+    )
+
+    client = GitHubClient.from_settings(settings, backoff=settings.retry_delay)
+    reporter = StatusReporter(
+        client, request.repository, settings.status_context, flow_run_url(settings), logger
+    )
+    reporter.use_sha(request.head_sha)
+    try:
+        return _run(
+            request, base, head_repository, labels, delivery, settings, client, reporter, outcome, durations
+        )
+    except BaseException as exc:
+        reporter.post(_failure_status(exc))
+        raise
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _run(
+    request: BuildRequest,
+    base_sha: str | None,
+    head_repository: str | None,
+    labels: list[str] | None,
+    delivery: str | None,
+    settings: Settings,
+    client: GitHubClient | None,
+    reporter: StatusReporter,
+    outcome: Callable[..., PreviewResult],
+    durations: dict[str, float],
+) -> State:
+    """The steps after validation; ``outcome`` builds the result with the run's identity filled in."""
+    logger = get_run_logger()
+    fork: bool | None = None if head_repository is None else is_fork(head_repository, request.repository)
+    pr_labels = list(labels or [])
+    if client is not None:
+        with timed(durations, "read-pull-request"):
+            pull = retrying(read_pull_request, settings)(client, request)
+        if not pull.head_sha.startswith(request.head_sha):
+            logger.warning(
+                "the PR head is now %s; building the requested %s", pull.head_sha, request.head_sha
+            )
+        elif reporter.sha is None:
+            reporter.use_sha(pull.head_sha)
+        if base_sha is not None and base_sha != pull.base_sha:
+            logger.warning(
+                "the event's base %s differs from GitHub's %s; using GitHub's", base_sha, pull.base_sha
+            )
+        base_sha = pull.base_sha
+        fork = pull.is_fork
+        pr_labels = list(pull.labels)
+    reporter.post(status.pending())
+
+    if fork is None:
+        logger.info(
+            "fork status unknown (no head repository, no GitHub credentials): treated as same-repository"
+        )
+        fork = False
+    decision = decide_fork(fork, settings.fork_policy, pr_labels, settings.fork_label)
+    if not decision.build:
+        logger.warning("%s", decision.reason)
+        return _finish(
+            outcome(status="skipped", reason=decision.reason), reporter, status.skipped_fork(decision.reason)
+        )
 
     if not settings.has_push_credentials:
         reason = "skipped: no push credentials (set PREVIEWS_REGISTRY_USERNAME and PREVIEWS_REGISTRY_TOKEN)"
         logger.warning("%s; nothing was built or pushed", reason)
         return _finish(
-            PreviewResult(
-                status="skipped",
-                reason=reason,
-                repository=request.repository,
-                pr_number=request.pr_number,
-                head_sha=request.head_sha,
-                durations_s=durations,
-                flow_run_id=run_id,
-            )
+            outcome(status="skipped", reason=reason), reporter, status.skipped_no_push_credentials()
         )
 
-    root = settings.workspace_root
-    workspace = Path(tempfile.mkdtemp(prefix=f"previews-pr{request.pr_number}-", dir=root)) / "ws"
+    workspace = Path(tempfile.mkdtemp(prefix=f"previews-pr{request.pr_number}-", dir=settings.workspace_root))
     try:
         with timed(durations, "checkout"):
-            checkout = retrying(checkout_source, settings)(request, workspace, settings)
+            checkout = retrying(checkout_source, settings)(request, workspace / "ws", settings, base_sha)
+        reporter.use_sha(checkout.head_sha)
+        if base_sha is not None:
+            changed = list_changed_files(checkout, base_sha)
+            if docs_only(changed, settings.paths_ignore_globs()):
+                reason = f"skipped: docs-only change ({len(changed)} paths match PREVIEWS_PATHS_IGNORE)"
+                logger.info("%s", reason)
+                return _finish(
+                    outcome(status="skipped", reason=reason, head_sha=checkout.head_sha),
+                    reporter,
+                    status.skipped_docs_only(),
+                )
         tag = pr_tag(request.pr_number, checkout.head_sha, sha_length=settings.tag_sha_length)
         ensure_pushable(tag, protected=settings.protected_tag_patterns())
         with timed(durations, "build"):
             built = retrying(build_image, settings)(request, checkout, tag, settings)
     finally:
-        git.remove_workspace(workspace.parent)
+        git.remove_workspace(workspace)
     with timed(durations, "push"):
         pushed = retrying(push_image, settings)(request, tag, settings)
     with timed(durations, "notify-infra"):
-        notified = retrying(notify_infra, settings)(request, pushed, settings)
-
+        notified = retrying(notify_infra, settings)(
+            request, pushed, tag, checkout.head_sha, delivery, client, settings
+        )
     return _finish(
-        PreviewResult(
+        outcome(
             status="pushed",
             reason=f"pushed {pushed.reference}@{pushed.digest}",
-            repository=request.repository,
-            pr_number=request.pr_number,
             head_sha=checkout.head_sha,
             image=pushed.reference,
             tag=tag,
@@ -223,8 +347,8 @@ def preview_image(
             size_bytes=built.size_bytes,
             steps=built.steps,
             cached_steps=built.cached_steps,
-            durations_s=durations,
             notify=notified,
-            flow_run_id=run_id,
-        )
+        ),
+        reporter,
+        status.pushed(pushed.reference),
     )

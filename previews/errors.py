@@ -5,16 +5,24 @@
     PreviewsError
     ├── ValidationError          bad input (event field, parameter, setting); never retried
     │   └── TagPolicyError       a tag the policy refuses (protected or not pr-<N>-<sha>)
+    ├── SignatureError           a webhook delivery's signature is missing or wrong (HTTP 401)
     ├── PermanentError           a remote said no for good: auth, 4xx, missing ref; never retried
     │   ├── AuthError            401/403 from a registry, git remote or GitHub
     │   ├── BuildError           the Dockerfile failed; carries the tail of the build log
     │   ├── PushError            the registry refused the push for good
     │   ├── GitError             clone/fetch/checkout failed for good (unknown SHA, ambiguous short SHA)
-    │   └── GitHubError          a GitHub API 4xx
+    │   ├── GitHubError          a GitHub API 4xx
+    │   │   ├── GitHubNotFoundError      404: no such repository, pull request or installation
+    │   │   └── GitHubUnprocessableError 422: GitHub refused the request body; carries ``errors``
+    │   ├── InfraNotifyError     the infra webhook target refused the notification for good
+    │   └── RegistryError        a registry API 4xx other than auth (e.g. 405 deletion disabled)
+    │       └── RegistryNotFoundError  404: no such repository, tag or manifest
     └── TransientError           worth retrying: 5xx, 429, timeouts, connection resets
         ├── TransientPushError
         ├── TransientGitError
-        └── TransientGitHubError
+        ├── TransientGitHubError
+        ├── TransientInfraNotifyError
+        └── TransientRegistryError   registry 5xx, 429, timeouts, connection resets
 
 Adapters translate library errors with ``raise ... from exc`` and keep context as attributes.
 Messages never contain a secret: callers pass redacted text only.
@@ -106,3 +114,49 @@ class TransientGitError(TransientError):
 
 class TransientGitHubError(TransientError):
     """GitHub failed in a way worth retrying (5xx, 429, secondary rate limit)."""
+
+
+class GitHubNotFoundError(GitHubError):
+    """GitHub answered 404: the repository, pull request or installation does not exist or is not visible."""
+
+
+class GitHubUnprocessableError(GitHubError):
+    """GitHub answered 422. ``errors`` holds GitHub's per-field details (resource, field, code, message)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = 422, errors: list[dict[str, object]] | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.errors = list(errors or [])
+
+
+class InfraNotifyError(PermanentError):
+    """The infra webhook target refused the notification for good (4xx)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientInfraNotifyError(TransientError):
+    """The infra webhook target failed in a way worth retrying (5xx, 429, timeout, connection reset)."""
+
+
+class RegistryError(PermanentError):
+    """A registry API refused a request for good (4xx other than 401/403)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryNotFoundError(RegistryError):
+    """The registry has no such repository, tag or manifest (404)."""
+
+
+class TransientRegistryError(TransientError):
+    """The registry failed in a way worth retrying (5xx, 429, timeout, connection reset)."""
+
+
+class SignatureError(PreviewsError):
+    """A webhook delivery's signature header is missing, malformed or does not match the secret."""

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     tag_sha_length: int = Field(default=40, ge=7, le=40)
     protected_tags: str = Field(default="", description="extra comma-separated protected tag globs")
 
+    # Cleanup of stale pr-* tags (issue 6)
+    cleanup_repository: str | None = Field(
+        default=None, description="GitHub owner/name whose PR states decide the cleanup; default: the image"
+    )
+    cleanup_grace_hours: float = Field(default=24.0, ge=0, le=24 * 365)
+    cleanup_keep_per_open_pr: int = Field(default=1, ge=1, le=100)
+    cleanup_ttl_days: float = Field(default=30.0, gt=0, le=3650)
+    cleanup_deletes_per_minute: float = Field(default=180.0, gt=0, le=1000)
+    cleanup_ghcr_owner_kind: Literal["org", "user"] = "org"
+
     # Source checkout
     git_url_template: str = "https://github.com/{repository}.git"
     git_token: SecretStr | None = None
@@ -103,6 +113,10 @@ class Settings(BaseSettings):
 
         extra = tuple(p.strip() for p in self.protected_tags.split(",") if p.strip())
         return DEFAULT_PROTECTED + extra
+
+    def paths_ignore_globs(self) -> tuple[str, ...]:
+        """``PREVIEWS_PATHS_IGNORE`` split on commas: gitignore-style globs of docs-only paths."""
+        return tuple(g.strip() for g in self.paths_ignore.split(",") if g.strip())
 
     def build_arg_map(self) -> dict[str, str]:
         """Parse ``KEY=VALUE,...`` into a dict; keys must be shell-variable-like names."""

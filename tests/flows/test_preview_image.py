@@ -10,8 +10,6 @@ from typing import Any
 
 import docker
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.states import State
 from pydantic import SecretStr
 
@@ -21,6 +19,7 @@ from previews.core.outcome import PreviewResult
 from previews.errors import AuthError, BuildError, ValidationError
 from previews.settings import Settings
 from tests.support.faultproxy import FaultProxy
+from tests.support.prefect_api import flow_run_logs, task_run_counts
 from tests.support.sample import SampleProject, make_sample
 from tests.support.services import Registry
 
@@ -60,34 +59,6 @@ def run(settings: Settings, **params: Any) -> State[Any]:
 
 def params_for(sample: SampleProject, pr: int = 7, sha: str | None = None) -> dict[str, Any]:
     return {"repository": sample.app.repository, "pr_number": pr, "head_sha": sha or sample.head_sha}
-
-
-async def _flow_run_logs(flow_run_id: uuid.UUID) -> str:
-    async with get_client() as client:
-        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return "\n".join(log.message for log in logs)
-
-
-async def _task_runs(flow_run_id: uuid.UUID) -> dict[str, int]:
-    async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
-
-
-def flow_run_logs(state: State[Any]) -> str:
-    import asyncio
-
-    assert state.state_details.flow_run_id is not None
-    return asyncio.run(_flow_run_logs(state.state_details.flow_run_id))
-
-
-def task_run_counts(state: State[Any]) -> dict[str, int]:
-    import asyncio
-
-    assert state.state_details.flow_run_id is not None
-    return asyncio.run(_task_runs(state.state_details.flow_run_id))
 
 
 @pytest.fixture

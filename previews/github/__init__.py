@@ -1,0 +1,1 @@
+"""GitHub: webhook signature and parsing, the REST client, infra notifications."""

@@ -1,0 +1,222 @@
+"""The flows with GitHub in the loop: statuses on the PR, notify-infra, docs-only and fork skips, teardown.
+
+GitHub's REST API is the one faked part (tests/support/fake_github.py speaks its recorded shapes).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.schemas.objects import State
+from pydantic import SecretStr
+
+from flows.common import use_settings
+from flows.preview_image import preview_image
+from flows.preview_teardown import preview_teardown
+from previews.errors import BuildError
+from previews.settings import Settings
+from tests.support.fake_github import FakeGitHub
+from tests.support.sample import APP_DOCKERFILE, SampleProject, make_sample
+from tests.support.services import Registry
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
+INFRA = "acme-infra/environments"
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub() as fake:
+        fake.add_repo(INFRA)
+        yield fake
+
+
+@pytest.fixture
+def pr(remotes_root: Path, github: FakeGitHub) -> tuple[SampleProject, str, str]:
+    """A PR whose head changes code on top of a base commit; returns (sample, base sha, head sha)."""
+    sample = make_sample(remotes_root, f"gh-{uuid.uuid4().hex[:8]}")
+    base = sample.head_sha
+    head = sample.app.commit({"src/main.txt": "app main v2\n"}, "code change")
+    sample.app.push_pr_ref(5, head)
+    github.add_pull(sample.app.repository, 5, head_sha=head, base_sha=base)
+    return sample, base, head
+
+
+def settings_for(sample: SampleProject, reg: Registry, github: FakeGitHub, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "registry": reg.host,
+        "registry_username": reg.username,
+        "registry_token": SecretStr(reg.password),
+        "git_url_template": sample.git_url_template,
+        "siblings": sample.siblings,
+        "build_context": "..",
+        "retry_delay": 0.1,
+        "github_api_url": github.url,
+        "github_token": SecretStr(github.token),
+        "infra_repository": INFRA,
+        "ui_url": "http://prefect.example.test",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def run(settings: Settings, **params: Any) -> State:
+    with use_settings(settings):
+        state: State = preview_image(**params, return_state=True)
+    return state
+
+
+def test_code_change_pushes_dispatches_by_digest_and_reports_success(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    sample, base, head = pr
+    state = run(
+        settings_for(sample, registry, github),
+        repository=sample.app.repository,
+        pr_number=5,
+        head_sha=head,
+        base_sha=base,
+        delivery="d-123",
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.status == "pushed"
+    digest = registry.manifest(sample.app.repository.lower(), f"pr-5-{head}")[0]
+
+    (dispatch,) = github.dispatches_to(INFRA)
+    assert dispatch["event_type"] == "preview-create"
+    payload = dispatch["client_payload"]
+    assert payload["digest"] == digest
+    assert payload["image"] == f"{registry.host}/{sample.app.repository.lower()}@{digest}"
+    assert payload["tag"] == f"pr-5-{head}"
+    assert (payload["pr"], payload["sha"], payload["delivery"]) == (5, head, "d-123")
+    assert payload["repository"] == sample.app.repository
+    assert len(payload) <= 10
+
+    statuses = github.statuses(sample.app.repository, head)
+    assert [s["state"] for s in statuses] == ["pending", "success"]
+    assert statuses[-1]["context"] == "previews/image"
+    assert f"pr-5-{head}" in statuses[-1]["description"]
+    run_id = state.state_details.flow_run_id
+    assert statuses[-1]["target_url"] == f"http://prefect.example.test/runs/flow-run/{run_id}"
+
+
+def test_docs_only_change_builds_nothing_and_says_so(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    sample, _base, code_head = pr
+    docs_head = sample.app.commit({"docs/guide.md": "# guide\n", "README.md": "# new readme\n"}, "docs")
+    github.add_pull(sample.app.repository, 6, head_sha=docs_head, base_sha=code_head)
+    state = run(
+        settings_for(sample, registry, github),
+        repository=sample.app.repository,
+        pr_number=6,
+        head_sha=docs_head,
+    )
+    assert state.is_completed()
+    assert state.result().status == "skipped"
+    assert "docs-only" in (state.message or "")
+    assert registry.tags(sample.app.repository.lower()) == []
+    assert github.dispatches_to(INFRA) == []
+    statuses = github.statuses(sample.app.repository, docs_head)
+    assert [(s["state"], s["description"]) for s in statuses][-1] == ("success", "skipped: docs-only change")
+
+
+@pytest.mark.parametrize(
+    ("policy", "labels", "builds"),
+    [("skip", [], False), ("label", [], False), ("label", ["safe-to-preview"], True)],
+)
+def test_fork_policy(
+    pr: tuple[SampleProject, str, str],
+    registry: Registry,
+    github: FakeGitHub,
+    policy: str,
+    labels: list[str],
+    builds: bool,
+) -> None:
+    sample, base, head = pr
+    github.add_pull(
+        sample.app.repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork", labels=labels
+    )
+    state = run(
+        settings_for(sample, registry, github, fork_policy=policy),
+        repository=sample.app.repository,
+        pr_number=5,
+        head_sha=head,
+        base_sha=base,
+    )
+    assert state.is_completed(), state.message
+    last = github.statuses(sample.app.repository, head)[-1]
+    assert last["state"] == "success"
+    if builds:
+        assert state.result().status == "pushed"
+        assert registry.tags(sample.app.repository.lower()) == [f"pr-5-{head}"]
+    else:
+        assert state.result().status == "skipped"
+        assert "fork" in last["description"]
+        assert "safe-to-preview" in last["description"]
+        assert registry.tags(sample.app.repository.lower()) == []
+
+
+def test_stale_sha_is_pushed_but_does_not_roll_the_preview_back(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    sample, base, head = pr
+    newer = sample.app.commit({"src/main.txt": "app main v3\n"}, "newer push")
+    github.set_head(sample.app.repository, 5, newer)
+    state = run(
+        settings_for(sample, registry, github),
+        repository=sample.app.repository,
+        pr_number=5,
+        head_sha=head,
+        base_sha=base,
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.status == "pushed"
+    assert result.notify is not None
+    assert not result.notify.sent
+    assert "no longer the PR head" in result.notify.reason
+    assert github.dispatches_to(INFRA) == []
+
+
+def test_failed_build_reports_failure_and_github_outage_never_fails_a_build(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    sample, base, _head = pr
+    broken = sample.app.commit({"Dockerfile": "FROM previews-test/busybox:1\nRUN exit 7\n"}, "broken")
+    github.add_pull(sample.app.repository, 9, head_sha=broken, base_sha=base)
+    state = run(
+        settings_for(sample, registry, github), repository=sample.app.repository, pr_number=9, head_sha=broken
+    )
+    assert state.is_failed()
+    assert isinstance(state.result(raise_on_failure=False), BuildError)
+    assert [s["state"] for s in github.statuses(sample.app.repository, broken)] == ["pending", "failure"]
+
+    fixed = sample.app.commit({"Dockerfile": APP_DOCKERFILE}, "fix the build")
+    github.add_pull(sample.app.repository, 9, head_sha=fixed, base_sha=base)
+    github.fail_server_error("POST", f"/repos/{sample.app.repository}/statuses/{fixed}", times=50, status=502)
+    state = run(
+        settings_for(sample, registry, github), repository=sample.app.repository, pr_number=9, head_sha=fixed
+    )
+    assert state.is_completed(), state.message
+    assert state.result().status == "pushed"
+    assert github.statuses(sample.app.repository, fixed) == []
+    assert len(github.dispatches_to(INFRA)) == 1
+
+
+def test_closed_pr_sends_teardown(github: FakeGitHub, registry: Registry, remotes_root: Path) -> None:
+    sample = make_sample(remotes_root, f"td-{uuid.uuid4().hex[:8]}")
+    with use_settings(settings_for(sample, registry, github)):
+        state = preview_teardown(
+            repository=sample.app.repository, pr_number=12, delivery="d-9", return_state=True
+        )
+    assert state.is_completed(), state.message
+    (dispatch,) = github.dispatches_to(INFRA)
+    assert dispatch == {
+        "event_type": "preview-teardown",
+        "client_payload": {"repository": sample.app.repository, "pr": 12, "delivery": "d-9"},
+    }
