@@ -24,7 +24,7 @@ from flows.notify import send_create
 from flows.reporting import StatusReporter, flow_run_url
 from previews import git
 from previews.core import status
-from previews.core.forks import decide_fork, is_fork
+from previews.core.forks import decide_fork
 from previews.core.names import parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
 from previews.core.paths import docs_only
@@ -213,7 +213,7 @@ def preview_image(
     pr_number: int,
     head_sha: str,
     base_sha: str | None = None,
-    head_repository: str | None = None,
+    fork: bool | None = None,
     labels: list[str] | None = None,
     delivery: str | None = None,
 ) -> State:
@@ -222,6 +222,7 @@ def preview_image(
     Parameters are plain values so a person can start or rerun a build from the Prefect UI's form: only
     ``repository``, ``pr_number`` and ``head_sha`` are needed (a 7-39 character prefix of the PR's head
     works); the rest is read from GitHub when credentials are configured, and checked against it.
+    ``fork`` and ``labels`` come from the event (head repository != base repository; the PR's labels).
     """
     settings = current_settings()
     logger = get_run_logger()
@@ -245,9 +246,7 @@ def preview_image(
     )
     reporter.use_sha(request.head_sha)
     try:
-        return _run(
-            request, base, head_repository, labels, delivery, settings, client, reporter, outcome, durations
-        )
+        return _run(request, base, fork, labels, delivery, settings, client, reporter, outcome, durations)
     except BaseException as exc:
         reporter.post(_failure_status(exc))
         raise
@@ -259,7 +258,7 @@ def preview_image(
 def _run(
     request: BuildRequest,
     base_sha: str | None,
-    head_repository: str | None,
+    fork: bool | None,
     labels: list[str] | None,
     delivery: str | None,
     settings: Settings,
@@ -270,7 +269,10 @@ def _run(
 ) -> State:
     """The steps after validation; ``outcome`` builds the result with the run's identity filled in."""
     logger = get_run_logger()
-    fork: bool | None = None if head_repository is None else is_fork(head_repository, request.repository)
+    if fork is not None and not isinstance(fork, bool):
+        raise ValidationError("fork", f"must be true or false, got {type(fork).__name__}")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise ValidationError("labels", "must be a list of label names")
     pr_labels = list(labels or [])
     if client is not None:
         with timed(durations, "read-pull-request"):
@@ -286,13 +288,15 @@ def _run(
                 "the event's base %s differs from GitHub's %s; using GitHub's", base_sha, pull.base_sha
             )
         base_sha = pull.base_sha
+        if fork is not None and fork != pull.is_fork:
+            logger.warning("the event said fork=%s but GitHub says %s; using GitHub's", fork, pull.is_fork)
         fork = pull.is_fork
         pr_labels = list(pull.labels)
     reporter.post(status.pending())
 
     if fork is None:
         logger.info(
-            "fork status unknown (no head repository, no GitHub credentials): treated as same-repository"
+            "fork status unknown (no fork parameter, no GitHub credentials): treated as same-repository"
         )
         fork = False
     decision = decide_fork(fork, settings.fork_policy, pr_labels, settings.fork_label)

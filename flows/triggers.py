@@ -19,6 +19,8 @@ IMAGE_PARAMETERS: dict[str, Any] = {
     "pr_number": "{{ event.payload.number }}",
     "head_sha": "{{ event.payload.head_sha }}",
     "base_sha": "{{ event.payload.base_sha }}",
+    "fork": "{{ event.payload.fork }}",
+    "labels": "{{ event.payload.labels }}",
     "delivery": "{{ event.payload.delivery }}",
 }
 TEARDOWN_PARAMETERS: dict[str, Any] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +10,9 @@ import pytest
 from previews.core.forks import decide_fork, is_fork, parse_fork_policy
 from previews.core.status import MAX_DESCRIPTION
 from previews.errors import ValidationError
+from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
 
-WEBHOOKS = Path("/work/shared/fixtures/github/webhooks")
+WEBHOOKS = SHARED_FIXTURES / "github/webhooks"
 
 
 def _payload(name: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,9 @@ from previews.core.names import (
 )
 from previews.core.request import Sibling, parse_siblings, validate_request
 from previews.errors import ValidationError
+from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = SHARED_FIXTURES
 HOSTILE = json.loads((FIXTURES / "security" / "hostile-inputs.json").read_text())
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -11,9 +10,10 @@ from hypothesis import strategies as st
 
 from previews.core.tags import DEFAULT_PROTECTED, PrTag, ensure_pushable, is_protected, parse_pr_tag, pr_tag
 from previews.errors import TagPolicyError, ValidationError
+from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = SHARED_FIXTURES
 
 
 def test_pr_tag_uses_full_sha_by_default() -> None:

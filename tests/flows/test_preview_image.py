@@ -210,3 +210,22 @@ def test_unknown_sha_fails_clearly_and_leaves_no_workspace(
     assert failed.is_failed()
     assert unknown in str(failed.result(raise_on_failure=False))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fork_from_the_event_is_skipped_by_default_without_github(
+    sample: SampleProject, registry: Registry
+) -> None:
+    state = run(settings_for(sample, registry), **params_for(sample), fork=True, labels=["bug"])
+    assert state.is_completed()
+    assert state.result().status == "skipped"
+    assert "fork PR" in (state.message or "")
+    assert set(task_run_counts(state)) == {"validate"}
+    assert registry.tags(sample.app.repository.lower()) == []
+
+
+def test_wrongly_typed_event_values_are_refused(sample: SampleProject, registry: Registry) -> None:
+    state = run(settings_for(sample, registry), **params_for(sample), fork="yes")
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ValidationError)
+    assert error.field == "fork"

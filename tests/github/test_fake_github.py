@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +12,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.support.fake_github import FakeGitHub
+from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
 
-EXCERPTS = Path("/work/shared/fixtures/github/api/openapi-excerpts")
+EXCERPTS = SHARED_FIXTURES / "github/api/openapi-excerpts"
 REPO = "Acme/App"
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 

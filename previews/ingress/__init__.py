@@ -1,0 +1,1 @@
+"""The webhook receiver: verify -> durable outbox -> Prefect events."""

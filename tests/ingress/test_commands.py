@@ -1,0 +1,75 @@
+"""``previews outbox list|replay`` and ``previews serve`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from previews.cli import parser
+from previews.core.events import event_id
+from previews.ingress.outbox import Outbox
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREVIEWS_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3")}
+    return subprocess.run(
+        [sys.executable, "-m", "previews.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def fill(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+        for delivery, action in (("d-1", "opened"), ("d-2", "closed")):
+            event = {
+                "id": str(event_id(delivery)),
+                "event": f"github.pull_request.{action}",
+                "payload": {"x": 1},
+            }
+            outbox.add(delivery=delivery, event=event, repository="Acme/Api", number=7)
+        outbox.mark_delivered(["d-1"])
+
+
+def test_the_cli_knows_the_receiver_commands() -> None:
+    args = parser().parse_args(["serve", "--port", "9999"])
+    assert (args.host, args.port) == ("127.0.0.1", 9999)
+    assert parser().parse_args(["outbox", "list", "--json"]).json is True
+    assert parser().parse_args(["outbox", "replay", "abc"]).delivery == "abc"
+
+
+def test_outbox_list_json_prints_one_object_per_entry(tmp_path: Path) -> None:
+    fill(tmp_path)
+    out = run(tmp_path, "outbox", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["delivery"], r["event"], r["state"]) for r in rows] == [
+        ("d-1", "github.pull_request.opened", "delivered"),
+        ("d-2", "github.pull_request.closed", "pending"),
+    ]
+    assert rows[0]["event_id"] == str(event_id("d-1"))
+    assert all("payload" not in r for r in rows)
+    pending = run(tmp_path, "outbox", "list", "--state", "pending")
+    assert pending.returncode == 0
+    assert "d-2" in pending.stdout
+    assert "d-1" not in pending.stdout
+
+
+def test_outbox_replay_puts_a_delivered_entry_back_with_a_new_event_id(tmp_path: Path) -> None:
+    fill(tmp_path)
+    out = run(tmp_path, "outbox", "replay", "d-1")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert (row["delivery"], row["state"], row["replays"]) == ("d-1", "pending", 1)
+    assert row["event_id"] == str(event_id("d-1", replay=1))
+
+
+def test_outbox_replay_of_an_unknown_or_hostile_id_fails_clearly(tmp_path: Path) -> None:
+    fill(tmp_path)
+    unknown = run(tmp_path, "outbox", "replay", "nope")
+    assert unknown.returncode == 1
+    assert "no delivery nope" in unknown.stderr
+    hostile = run(tmp_path, "outbox", "replay", "--", "-x;rm")
+    assert hostile.returncode == 2
+    assert "DELIVERY_ID" in hostile.stderr
