@@ -37,7 +37,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -49,9 +48,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
 from tests.support.services import free_port
 
-FIXTURES = Path("/work/shared/fixtures/github/api")
+FIXTURES = SHARED_FIXTURES / "github/api"
 DOCS = "https://docs.github.com/rest"
 SECONDARY_LIMIT_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
