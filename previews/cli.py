@@ -14,7 +14,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from previews import stack
 from previews.errors import PreviewsError, ValidationError
+from previews.ingress import commands as ingress_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -71,6 +73,39 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_INVALID if invalid else EXIT_FAILED
 
 
+def _cleanup(args: argparse.Namespace) -> int:
+    if not (args.debug or args.verbose):
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from flows.common import use_settings
+    from flows.preview_cleanup import CleanupResult, preview_cleanup
+    from previews.settings import Settings
+
+    with use_settings(Settings()):
+        state = preview_cleanup(dry_run=not args.apply, return_state=True)
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        reason = (str(error).strip().splitlines() or [state.message or "the run failed"])[0]
+        if args.json:
+            print(json.dumps({"status": "failed", "reason": reason}))
+        else:
+            print(f"failed: {reason}")
+        return 1
+    result = state.result()
+    assert isinstance(result, CleanupResult)
+    if args.json:
+        print(json.dumps(result.model_dump(), sort_keys=True))
+        return 0
+    mode = (
+        "dry run: nothing deleted" if result.dry_run else f"removed {result.removed}, failed {result.failed}"
+    )
+    print(f"{result.image}: {result.tags} tags, {result.planned_removals} planned removals ({mode})")
+    for reason, count in sorted(result.counts.items()):
+        print(f"  {count:6d}  {reason}")
+    for failure in result.failures:
+        print(f"  failed: {failure}")
+    return 0 if result.failed == 0 else 1
+
+
 def _report_invalid(args: argparse.Namespace, exc: Exception) -> int:
     payload = {
         "status": "failed",
@@ -108,23 +143,17 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--verbose", "-v", action="store_true", help="stream the run's log to the terminal")
     build.set_defaults(handler=_build)
 
-    for register in _plugins():
+    cleanup = sub.add_parser("cleanup", help="plan or apply the removal of stale pr-* tags now")
+    mode = cleanup.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", dest="apply", action="store_false", help="only plan (default)")
+    mode.add_argument("--apply", dest="apply", action="store_true", help="delete what the plan says")
+    cleanup.add_argument("--json", action="store_true", help="print one JSON object")
+    cleanup.add_argument("--verbose", "-v", action="store_true", help="stream the run's log to the terminal")
+    cleanup.set_defaults(handler=_cleanup, apply=False)
+
+    for register in (ingress_commands.register, stack.register):
         register(sub)
     return root
-
-
-def _plugins() -> list[Callable[[Any], None]]:
-    """Subcommands contributed by the other parts of the package."""
-    registers: list[Callable[[Any], None]] = []
-    for module_name in ("previews.ingress.commands", "previews.stack", "previews.registry.commands"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        registers.append(module.register)
-    return registers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
