@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     build_args: str = Field(default="", description="KEY=VALUE,... passed as docker build args")
     build_timeout: float = Field(default=1800.0, gt=0)
     push_timeout: float = Field(default=900.0, gt=0)
+    # Build cache and reruns (issue 5)
+    cache_from_enabled: bool = Field(
+        default=True, description="pull the PR's newest image (or the fallback) and build with cache_from"
+    )
+    cache_from_fallback: str | None = Field(
+        default=None, description="full image ref used as cache when the PR has no image yet (base branch)"
+    )
 
     # Retries of transient failures (registry, git, GitHub)
     retries: int = Field(default=3, ge=0, le=10)

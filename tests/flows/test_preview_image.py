@@ -137,7 +137,7 @@ def test_missing_credentials_is_a_soft_skip(sample: SampleProject, registry: Reg
     result = state.result()
     assert result.status == "skipped"
     assert registry.tags(sample.app.repository.lower()) == []
-    assert set(task_run_counts(state)) == {"validate"}
+    assert set(task_run_counts(state)) == {"validate", "supersede"}
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_registry_503s_are_retried_then_push_succeeds(
     sample: SampleProject, registry: Registry, image_cleanup: list[str]
 ) -> None:
     with FaultProxy(upstream=registry.host) as proxy:
-        proxy.fail_next(3, status=503)
+        proxy.fail_next(3, status=503, path=r"^/v2/$")  # the engine's ping before each push attempt
         state = run(settings_for(sample, registry, registry=proxy.host), **params_for(sample))
         assert state.is_completed(), state.message
         assert proxy.faults_served == 3
@@ -198,7 +198,14 @@ def test_failing_dockerfile_raises_build_error_with_log_tail(
     error = state.result(raise_on_failure=False)
     assert isinstance(error, BuildError)
     assert any("kaboom-marker" in line for line in error.log_tail)
-    assert task_run_counts(state) == {"validate": 1, "checkout": 1, "build": 1}
+    assert task_run_counts(state) == {
+        "validate": 1,
+        "supersede": 1,
+        "checkout": 1,
+        "check-published": 1,
+        "warm-cache": 1,
+        "build": 1,
+    }
     assert registry.tags(sample.app.repository.lower()) == []
 
 
@@ -219,7 +226,7 @@ def test_fork_from_the_event_is_skipped_by_default_without_github(
     assert state.is_completed()
     assert state.result().status == "skipped"
     assert "fork PR" in (state.message or "")
-    assert set(task_run_counts(state)) == {"validate"}
+    assert set(task_run_counts(state)) == {"validate", "supersede"}
     assert registry.tags(sample.app.repository.lower()) == []
 
 

@@ -1,0 +1,109 @@
+"""Cancel-in-progress for preview builds: which runs of one pull request give way to which.
+
+A group is one repository (case-insensitive) and one PR number, never a branch name (forks reuse names such
+as ``patch-1``). Runs are ordered by creation time, then id, so every run reaches the same verdict about the
+same set of runs. Within a group:
+
+- an older in-flight run at another SHA is cancelled, naming the newer SHA;
+- an older in-flight run at the same SHA (a redelivery, a rerun while it builds) makes the newer run a
+  duplicate: it ends without building;
+- a newer in-flight run at another SHA makes this run superseded: it stops (it started late).
+
+A same-SHA run created longer ago than ``stale_after`` is not trusted to finish (a crashed worker can leave a
+run Running forever), so it never turns a new run into a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+Verdict = Literal["proceed", "duplicate", "superseded"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """One flow run as the decision sees it: identity, creation time and the PR at one commit it builds."""
+
+    id: str
+    name: str
+    created: datetime
+    repository: str
+    pr_number: int
+    head_sha: str
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        """The deterministic age order: creation time, then id."""
+        return (self.created, self.id)
+
+    def same_group(self, other: RunRef) -> bool:
+        """Same repository (ignoring case) and same PR number."""
+        return self.pr_number == other.pr_number and self.repository.lower() == other.repository.lower()
+
+    def same_commit(self, other: RunRef) -> bool:
+        """Same commit: equal SHAs, or one is a prefix of the other (a short SHA from the UI form)."""
+        mine, theirs = self.head_sha.lower(), other.head_sha.lower()
+        return mine.startswith(theirs) or theirs.startswith(mine)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """An older run to move to Cancelling, with the message that names the newer SHA."""
+
+    run: RunRef
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SupersedeDecision:
+    """What this run does (``verdict``, with the run that caused it) and which older runs it cancels."""
+
+    verdict: Verdict
+    reason: str
+    because_of: RunRef | None = None
+    cancel: tuple[Cancellation, ...] = field(default=())
+
+
+def superseded_message(newer_sha: str) -> str:
+    """The state message of a cancelled older run."""
+    return f"superseded by {newer_sha}"
+
+
+def decide(
+    me: RunRef,
+    in_flight: Iterable[RunRef],
+    *,
+    now: datetime,
+    stale_after: timedelta,
+) -> SupersedeDecision:
+    """Decide this run's fate against the other in-flight runs of the same flow (any PR; filtered here)."""
+    group = [r for r in in_flight if r.id != me.id and me.same_group(r)]
+    newer_other = sorted(
+        (r for r in group if r.order > me.order and not me.same_commit(r)), key=lambda r: r.order
+    )
+    if newer_other:
+        newest = newer_other[-1]
+        return SupersedeDecision(
+            "superseded", superseded_message(newest.head_sha), because_of=newest, cancel=()
+        )
+    cancel = tuple(
+        Cancellation(r, superseded_message(me.head_sha))
+        for r in sorted(group, key=lambda r: r.order)
+        if r.order < me.order and not me.same_commit(r)
+    )
+    duplicates = sorted(
+        (r for r in group if r.order < me.order and me.same_commit(r) and now - r.created <= stale_after),
+        key=lambda r: r.order,
+    )
+    if duplicates:
+        first = duplicates[0]
+        return SupersedeDecision(
+            "duplicate",
+            f"skipped: duplicate of run {first.name} already building {first.head_sha}",
+            because_of=first,
+            cancel=cancel,
+        )
+    return SupersedeDecision("proceed", "no newer run of this pull request", cancel=cancel)
