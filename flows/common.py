@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from prefect import Task
 from prefect.client.schemas.objects import State, TaskRun
 
 from blocks import PreviewsConfig, PreviewsCredentials
+from previews.core.outcome import NotifyResult
 from previews.errors import TransientError
 from previews.settings import Settings
 
@@ -71,3 +73,8 @@ R = TypeVar("R")
 def retrying(task: Task[P, R], settings: Settings) -> Task[P, R]:
     """``task`` with the retry count and backoff of ``settings`` (only transient errors are retried)."""
     return task.with_options(retries=settings.retries, retry_delay_seconds=backoff(settings))
+
+
+def log_notify(logger: logging.Logger | logging.LoggerAdapter[logging.Logger], result: NotifyResult) -> None:
+    """Put what notify-infra did (or why it did nothing) in the run's log."""
+    (logger.info if result.sent else logger.warning)("%s", result.reason)

@@ -28,8 +28,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
 from flows import supersede as supersede_runs
-from flows.common import current_settings, retry_transient_only, retrying, timed
-from flows.notify import send_create
+from flows.common import current_settings, log_notify, retry_transient_only, retrying, timed
 from flows.reporting import StatusReporter, flow_run_url
 from previews import build_cache, git
 from previews.core import status
@@ -44,6 +43,7 @@ from previews.core.supersede import SupersedeDecision
 from previews.core.tags import ensure_pushable, pr_tag
 from previews.docker_engine import BuildSpec, BuiltImage, DockerEngine, PushedImage
 from previews.errors import BuildError, PreviewsError, RegistryNotFoundError, ValidationError
+from previews.github import infra
 from previews.github.client import GitHubClient, PullRequestInfo
 from previews.registry.oci import OciRegistry, registry_url
 from previews.settings import Settings
@@ -314,8 +314,8 @@ def notify_infra(
     settings: Settings,
 ) -> NotifyResult:
     """Tell the infra repository to create the preview environment, pinned by digest."""
-    return send_create(
-        settings=settings,
+    result = infra.notify_create(
+        infra.target_from_settings(settings, client),
         client=client,
         repository=request.repository,
         pr_number=request.pr_number,
@@ -324,8 +324,9 @@ def notify_infra(
         digest=pushed.digest,
         tag=tag,
         delivery=delivery,
-        logger=get_run_logger(),
     )
+    log_notify(get_run_logger(), result)
+    return result
 
 
 def _finish(

@@ -9,10 +9,12 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from flows.common import current_settings, retry_transient_only, retrying
+from flows.common import current_settings, log_notify, retry_transient_only, retrying
 from previews.core.names import parse_pr_number, parse_repository
 from previews.core.outcome import NotifyResult
 from previews.errors import ValidationError
+from previews.github import infra
+from previews.github.client import GitHubClient
 from previews.settings import Settings
 
 
@@ -30,9 +32,15 @@ def notify_teardown(
     repository: str, pr_number: int, delivery: str | None, settings: Settings
 ) -> NotifyResult:
     """Send ``preview-teardown`` to the infra target."""
-    from flows.notify import send_teardown
-
-    return send_teardown(repository, pr_number, delivery=delivery, settings=settings, logger=get_run_logger())
+    client = GitHubClient.from_settings(settings, backoff=settings.retry_delay)
+    try:
+        target = infra.target_from_settings(settings, client)
+        result = infra.notify_teardown(target, repository=repository, pr_number=pr_number, delivery=delivery)
+    finally:
+        if client is not None:
+            client.close()
+    log_notify(get_run_logger(), result)
+    return result
 
 
 @flow(name="preview-teardown", flow_run_name=run_name, validate_parameters=False)
