@@ -1,6 +1,6 @@
 """Production path end to end: the runner image, `prefect deploy --all` from prefect.yaml, a real Docker worker.
 
-A real ``github.pull_request.synchronize`` event (POST /api/events) fires the deployment trigger; the worker
+A real signed ``pull_request`` delivery through the receiver (outbox -> POST /api/events) fires the deployment trigger; the worker
 starts a flow-run container from the runner image; the flow checks out the PR over git smart-HTTP, builds the
 PR image on the host engine through the mounted socket and pushes ``pr-<N>-<sha>`` to the registry.
 """
@@ -8,15 +8,16 @@ PR image on the host engine through the mounted socket and pushes ``pr-<N>-<sha>
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,11 @@ from prefect.states import Cancelling
 from pydantic import SecretStr
 
 from blocks import PreviewsConfig, PreviewsCredentials
+from previews.settings import Settings
 from tests.support.git_http import GitHttpServer, run_git_http
 from tests.support.sample import make_sample
 from tests.support.services import BASE_IMAGE, Registry, stop
+from tests.support.webhooks import SECRET, headers, run_receiver, synchronize_payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("base_image")]
 
@@ -187,31 +190,30 @@ async def _delete_deployments(api: str) -> None:
 
 
 def emit_pull_request(api: str, repository: str, number: int, head: str, base: str) -> float:
-    """POST one event as the receiver does; return the wall time just before sending."""
-    delivery = str(uuid.uuid4())
-    event = {
-        "id": delivery,
-        "occurred": datetime.now(UTC).isoformat(),
-        "event": "github.pull_request.synchronize",
-        "resource": {
-            "prefect.resource.id": f"github.pull-request.{repository.lower()}#{number}",
-            "github.repository": repository,
-            "github.pull-request.number": str(number),
-            "github.sha": head,
-        },
-        "payload": {
-            "repository": repository,
-            "number": number,
-            "head_sha": head,
-            "base_sha": base,
-            "fork": False,
-            "labels": [],
-            "delivery": delivery,
-        },
-    }
-    sent = time.time()
-    resp = httpx.post(f"{api}/events", json=[event], timeout=10)
-    assert resp.status_code == 204, resp.text
+    """Send a signed real ``synchronize`` delivery through the receiver; return the wall time before sending.
+
+    Returns once the receiver's forwarder has handed the event to Prefect (its outbox has nothing pending).
+    """
+    payload = synchronize_payload(repository=repository, number=number)
+    payload["pull_request"]["head"]["sha"] = head
+    payload["pull_request"]["base"]["sha"] = base
+    body = json.dumps(payload).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            webhook_secret=SecretStr(SECRET),
+            outbox_path=Path(tmp) / "outbox.sqlite3",
+            prefect_api_url=api,
+            allowed_repositories=repository,
+        )
+        with run_receiver(settings) as receiver:
+            sent = time.time()
+            resp = httpx.post(receiver.webhook_url, content=body, headers=headers(body), timeout=10)
+            assert resp.status_code == 202, resp.text
+            assert resp.json()["status"] == "accepted"
+            deadline = time.monotonic() + 30
+            while receiver.outbox.stats().pending:
+                assert time.monotonic() < deadline, "the receiver did not forward the delivery to Prefect"
+                time.sleep(0.05)
     return sent
 
 
