@@ -107,6 +107,15 @@ class PushedImage:
     duration_s: float
 
 
+def stream_error(chunk: dict[str, Any]) -> tuple[str, int | None] | None:
+    """The message and code of an ``error``/``errorDetail`` chunk of a build or push stream, else None."""
+    if "error" not in chunk and "errorDetail" not in chunk:
+        return None
+    detail = chunk.get("errorDetail") or {}
+    code = detail.get("code") if isinstance(detail.get("code"), int) else None
+    return str(chunk.get("error") or detail.get("message") or ""), code
+
+
 def clean_line(text: str) -> str:
     """One build/push output line without ANSI escapes, carriage-return redraws or trailing blanks."""
     text = _ANSI_RE.sub("", text)
@@ -326,10 +335,9 @@ class DockerEngine:
                 for chunk in stream:
                     if not isinstance(chunk, dict):
                         continue
-                    if "error" in chunk or "errorDetail" in chunk:
+                    if (failure := stream_error(chunk)) is not None:
                         lines.flush()
-                        detail = chunk.get("errorDetail") or {}
-                        message = str(chunk.get("error") or detail.get("message") or "unknown error")
+                        message = failure[0] or "unknown error"
                         if watchdog.expired.is_set():
                             message = f"timed out after {spec.timeout:g}s ({message})"
                         raise BuildError(
@@ -431,11 +439,10 @@ class DockerEngine:
                 for chunk in stream:
                     if not isinstance(chunk, dict):
                         continue
-                    if "error" in chunk or "errorDetail" in chunk:
+                    if (failure := stream_error(chunk)) is not None:
                         lines.flush()
-                        detail = chunk.get("errorDetail") or {}
-                        message = redact(clean_line(str(chunk.get("error") or detail.get("message") or "")))
-                        code = detail.get("code") if isinstance(detail.get("code"), int) else None
+                        message = redact(clean_line(failure[0]))
+                        code = failure[1]
                         error = classify_push_error(message or "unknown push error", status=code)
                         if isinstance(error, AuthError):
                             error = self._confirm_auth(image_name, username, secret, error, redact)

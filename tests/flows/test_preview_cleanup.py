@@ -18,9 +18,10 @@ from pydantic import SecretStr
 
 from flows.common import use_settings
 from flows.preview_cleanup import CleanupResult, preview_cleanup
-from previews.registry.oci import OCI_MANIFEST, OciRegistry
+from previews.registry.oci import OciRegistry
 from previews.settings import Settings
 from tests.support.fake_github import FakeGitHub
+from tests.support.oci_images import put_config_image
 from tests.support.services import Registry
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -29,19 +30,7 @@ SHA = {n: f"{n}" * 7 + "0" * 33 for n in range(1, 6)}
 
 
 def push(oci: OciRegistry, repo: str, tag: str, created: datetime, marker: str) -> str:
-    config = json.dumps({"created": created.isoformat(), "config": {"Labels": {"m": marker}}}).encode()
-    digest = oci.ensure_blob(repo, config)
-    body = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": digest,
-            "size": len(config),
-        },
-        "layers": [],
-    }
-    return oci.put_manifest(repo, tag, json.dumps(body).encode(), OCI_MANIFEST)
+    return put_config_image(oci, repo, tag, created=created, marker=marker)
 
 
 @flow(name="preview-image")

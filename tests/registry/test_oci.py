@@ -40,6 +40,7 @@ from previews.registry.oci import (
     registry_url,
 )
 from tests.support.faultproxy import FaultProxy
+from tests.support.oci_images import put_config_image
 from tests.support.services import Registry
 
 
@@ -308,21 +309,7 @@ def test_challenge_parsing_and_url() -> None:
 
 
 def _image(oci: OciRegistry, repo: str, tag: str, marker: str) -> str:
-    config = json.dumps(
-        {"created": datetime.now(UTC).isoformat(), "config": {"Labels": {"m": marker}}}
-    ).encode()
-    digest = oci.ensure_blob(repo, config)
-    body = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": digest,
-            "size": len(config),
-        },
-        "layers": [],
-    }
-    return oci.put_manifest(repo, tag, json.dumps(body).encode(), OCI_MANIFEST)
+    return put_config_image(oci, repo, tag, created=datetime.now(UTC), marker=marker)
 
 
 def test_tag_promoted_after_listing_saves_the_manifest(registry: Registry) -> None:
