@@ -194,7 +194,7 @@ class CliRun:
 
 def previews_build(project: Project, env: Mapping[str, str], workdir: Path) -> CliRun:
     """Run ``previews build --json`` as its own process; its peak RSS comes from ``wait4``."""
-    argv = [sys.executable, "-m", "previews.cli", "build", "--repository", project.repository]
+    argv = [sys.executable, "-m", "previews_cli", "build", "--repository", project.repository]
     argv += ["--pr", str(project.pr), "--sha", project.head_sha, "--json"]
     out_path, err_path = workdir / "build.out", workdir / "build.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:

@@ -138,7 +138,7 @@ def _start_receiver(workdir: Path, port: int, api_url: str) -> subprocess.Popen[
     }
     log = (workdir / "receiver.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "previews.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "previews_cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

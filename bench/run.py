@@ -110,7 +110,7 @@ def running_stack(
             [
                 sys.executable,
                 "-m",
-                "previews.cli",
+                "previews_cli",
                 "serve",
                 "--host",
                 "127.0.0.1",

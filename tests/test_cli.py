@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
 
 def previews(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "previews.cli", *args],
+        [sys.executable, "-m", "previews_cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -24,7 +24,7 @@ def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> No
         [
             sys.executable,
             "-m",
-            "previews.cli",
+            "previews_cli",
             "up",
             "--demo",
             "--exit-after-demo",

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from previews.cli import parser
 from previews.core.events import event_id
 from previews.ingress.outbox import Outbox
+from previews_cli.app import parser
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREVIEWS_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3")}
     return subprocess.run(
-        [sys.executable, "-m", "previews.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "previews_cli", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 

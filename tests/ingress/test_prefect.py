@@ -231,7 +231,7 @@ def serve_subprocess(tmp_path: Path, api_url: str, port: int) -> Iterator[subpro
     log = tmp_path / f"serve-{port}-{time.time_ns()}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "previews.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "previews_cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

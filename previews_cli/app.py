@@ -1,4 +1,4 @@
-"""The ``previews`` command.
+"""The ``previews`` command (argparse): parses, then runs a flow, the receiver or the local stack.
 
 ``previews build`` runs the preview-image flow once, in this process, against the Prefect API in
 ``PREFECT_API_URL`` (or a temporary local one). Exit status: 0 pushed or skipped, 2 invalid input, 1 failed.
@@ -16,7 +16,7 @@ from typing import Any
 
 from previews import stack
 from previews.errors import PreviewsError, ValidationError
-from previews.ingress import commands as ingress_commands
+from previews_cli import receiver
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--verbose", "-v", action="store_true", help="stream the run's log to the terminal")
     cleanup.set_defaults(handler=_cleanup, apply=False)
 
-    for register in (ingress_commands.register, stack.register):
+    for register in (receiver.register, stack.register):
         register(sub)
     return root
 

@@ -1,4 +1,4 @@
-"""``previews serve`` and ``previews outbox list|replay``: the receiver's part of the CLI."""
+"""``previews serve`` and ``previews outbox list|replay``: the receiver's part of the ``previews`` command."""
 
 from __future__ import annotations
 
