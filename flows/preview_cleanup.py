@@ -18,7 +18,7 @@ from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict
 
 from flows.common import backoff, current_settings, retry_transient_only
-from previews.core.names import parse_pr_number, parse_repository, parse_sha
+from previews.core.names import parse_repository
 from previews.core.retention import (
     UNKNOWN_PR,
     ImageVersion,
@@ -29,7 +29,7 @@ from previews.core.retention import (
     plan_retention,
 )
 from previews.core.tags import parse_pr_tag
-from previews.errors import GitHubError, TransientError, ValidationError
+from previews.errors import GitHubError, TransientError
 from previews.registry import (
     ActionOutcome,
     ApplyReport,
@@ -39,10 +39,10 @@ from previews.registry import (
     cleanup_target,
     retention_rules,
 )
+from previews.runs import PrefectRuns
 from previews.settings import Settings
 
 PREVIEW_IMAGE_FLOW = "preview-image"
-ACTIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 
 
 class CleanupResult(BaseModel):
@@ -114,36 +114,16 @@ def read_pr_states(numbers: list[int], settings: Settings) -> dict[int, PrStatus
     return states
 
 
-@task(name="in-flight-builds", cache_policy=NO_CACHE)
+@task(name="in-flight-builds", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
 def in_flight_builds(settings: Settings) -> list[tuple[int, str]]:
-    """``(pr, sha prefix)`` of every preview-image run not finished yet; their tags are never deleted."""
+    """``(pr, sha prefix)`` of every preview-image run in flight; their tags are never deleted."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
 
-    found: set[tuple[int, str]] = set()
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[PREVIEW_IMAGE_FLOW])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType(name) for name in ACTIVE_STATES])
-                )
-            ),
-        )
-    for run in runs:
-        try:
-            number = parse_pr_number(run.parameters.get("pr_number"))
-            sha = parse_sha(run.parameters.get("head_sha"))
-        except ValidationError:
-            continue
-        found.add((number, sha[: settings.tag_sha_length]))
+    with PrefectRuns(get_client(sync_client=True)) as runs:
+        found = {
+            (r.pr_number, r.head_sha[: settings.tag_sha_length])
+            for r in runs.in_flight(flow_name=PREVIEW_IMAGE_FLOW)
+        }
     get_run_logger().info("%d builds in flight", len(found))
     return sorted(found)
 

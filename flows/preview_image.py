@@ -27,9 +27,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
-from flows import supersede as supersede_runs
 from flows.common import current_settings, log_notify, retry_transient_only, retrying, timed
-from flows.reporting import StatusReporter, flow_run_url
 from previews import build_cache, git
 from previews.core import status
 from previews.core.fingerprint import FINGERPRINT_LABEL, build_fingerprint, is_published
@@ -39,13 +37,15 @@ from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
 from previews.core.paths import docs_only
 from previews.core.request import BuildRequest, validate_request
 from previews.core.status import StatusUpdate
-from previews.core.supersede import SupersedeDecision
+from previews.core.supersede import SupersedeDecision, run_tags, stale_after
 from previews.core.tags import ensure_pushable, pr_tag
 from previews.docker_engine import BuildSpec, BuiltImage, DockerEngine, PushedImage
 from previews.errors import BuildError, PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
 from previews.github.client import GitHubClient, PullRequestInfo
+from previews.github.statuses import StatusReporter
 from previews.registry.oci import OciRegistry, registry_url
+from previews.runs import PrefectRuns, Supersession, flow_run_url
 from previews.settings import Settings
 
 
@@ -209,35 +209,45 @@ def _registry(settings: Settings) -> OciRegistry:
 
 def _stale_after(settings: Settings) -> timedelta:
     """How long an in-flight run at the same SHA is trusted to still be building it."""
-    return timedelta(seconds=settings.build_timeout + settings.push_timeout + 600)
+    return stale_after(settings.build_timeout, settings.push_timeout)
 
 
-@task(name="supersede", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def supersede(
-    request: BuildRequest, run_id: str, settings: Settings, client: GitHubClient | None
-) -> SupersedeDecision:
+@task(name="supersede", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def supersede(request: BuildRequest, run_id: str, settings: Settings) -> Supersession:
     """Tag this run; cancel older runs of the PR at other SHAs; say whether this run is a duplicate or late."""
     from uuid import UUID
 
+    from prefect.client.orchestration import get_client
+
     logger = get_run_logger()
-    decision = supersede_runs.check(
-        UUID(run_id),
-        stale_after=_stale_after(settings),
-        request=request,
-        github=client,
-        status_context=settings.status_context,
-        logger=logger,
-    )
-    logger.info("%s: %s", decision.verdict, decision.reason)
-    return decision
+    with PrefectRuns(get_client(sync_client=True)) as runs:
+        done = runs.supersede(
+            UUID(run_id),
+            stale_after=_stale_after(settings),
+            tags=run_tags(request.repository, request.pr_number),
+        )
+    for old in done.cancelled:
+        logger.info(
+            "run %s (%s) at %s: %s: %s",
+            old.run.name,
+            old.run.id,
+            old.run.head_sha[:12],
+            old.answer,
+            old.message,
+        )
+    logger.info("%s: %s", done.decision.verdict, done.decision.reason)
+    return done
 
 
-@task(name="check-superseded", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+@task(name="check-superseded", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
 def check_superseded(run_id: str, settings: Settings) -> SupersedeDecision:
     """Right before the push: has a newer run of the PR started, or was this run cancelled meanwhile?"""
     from uuid import UUID
 
-    return supersede_runs.check(UUID(run_id), stale_after=_stale_after(settings), apply=False)
+    from prefect.client.orchestration import get_client
+
+    with PrefectRuns(get_client(sync_client=True)) as runs:
+        return runs.supersede(UUID(run_id), stale_after=_stale_after(settings), apply=False).decision
 
 
 @task(name="check-published", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
@@ -393,13 +403,18 @@ def preview_image(
 
     client = GitHubClient.from_settings(settings, backoff=settings.retry_delay)
     reporter = StatusReporter(
-        client, request.repository, settings.status_context, flow_run_url(settings), logger
+        client, request.repository, settings.status_context, flow_run_url(settings.ui_url), logger
     )
     reporter.use_sha(request.head_sha)
     try:
         if run_id is not None:
             with timed(durations, "supersede"):
-                decision = supersede(request, run_id, settings, client)
+                done = retrying(supersede, settings)(request, run_id, settings)
+            for old in done.cancelled:
+                reporter.post_elsewhere(
+                    old.run.repository, old.run.head_sha, status.superseded(request.head_sha)
+                )
+            decision = done.decision
             if decision.verdict == "duplicate":
                 return _finish(outcome(status="skipped", reason=decision.reason))
             if decision.verdict == "superseded":
@@ -548,7 +563,7 @@ def _run(
     else:
         if run_id is not None:
             with timed(durations, "check-superseded"):
-                late = check_superseded(run_id, settings)
+                late = retrying(check_superseded, settings)(run_id, settings)
             if late.verdict == "superseded":
                 return _superseded(late, reporter)
         with timed(durations, "push"):

@@ -15,6 +15,7 @@
     │   │   ├── GitHubNotFoundError      404: no such repository, pull request or installation
     │   │   └── GitHubUnprocessableError 422: GitHub refused the request body; carries ``errors``
     │   ├── InfraNotifyError     the infra webhook target refused the notification for good
+    │   ├── PrefectError         the Prefect API refused a request for good (4xx, no such run)
     │   └── RegistryError        a registry API 4xx other than auth (e.g. 405 deletion disabled)
     │       └── RegistryNotFoundError  404: no such repository, tag or manifest
     └── TransientError           worth retrying: 5xx, 429, timeouts, connection resets
@@ -22,6 +23,7 @@
         ├── TransientGitError
         ├── TransientGitHubError
         ├── TransientInfraNotifyError
+        ├── TransientPrefectError    the Prefect API failed (5xx, 429, timeout, connection)
         └── TransientRegistryError   registry 5xx, 429, timeouts, connection resets
 
 Adapters translate library errors with ``raise ... from exc`` and keep context as attributes.
@@ -140,6 +142,18 @@ class InfraNotifyError(PermanentError):
 
 class TransientInfraNotifyError(TransientError):
     """The infra webhook target failed in a way worth retrying (5xx, 429, timeout, connection reset)."""
+
+
+class PrefectError(PermanentError):
+    """The Prefect API refused a request for good (4xx, no such flow run)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientPrefectError(TransientError):
+    """The Prefect API failed in a way worth retrying (5xx, 429, timeout, connection reset)."""
 
 
 class RegistryError(PermanentError):

@@ -10,7 +10,8 @@ same set of runs. Within a group:
 - a newer in-flight run at another SHA makes this run superseded: it stops (it started late).
 
 A same-SHA run created longer ago than ``stale_after`` is not trusted to finish (a crashed worker can leave a
-run Running forever), so it never turns a new run into a duplicate.
+run Running forever), so it never turns a new run into a duplicate. A run already being stopped (Cancelling)
+counts for nothing here: it is neither cancelled again nor a reason to stop or skip.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class RunRef:
     repository: str
     pr_number: int
     head_sha: str
+    stopping: bool = False
 
     @property
     def order(self) -> tuple[datetime, str]:
@@ -67,6 +69,16 @@ class SupersedeDecision:
     cancel: tuple[Cancellation, ...] = field(default=())
 
 
+def run_tags(repository: str, pr_number: int) -> list[str]:
+    """The tags a preview-image run carries, for the UI's filters: ``previews``, ``repo:...``, ``pr:N``."""
+    return ["previews", f"repo:{repository.lower()}", f"pr:{pr_number}"]
+
+
+def stale_after(build_timeout: float, push_timeout: float) -> timedelta:
+    """How long an in-flight run at the same SHA is trusted to still be building it: build + push + 10 min."""
+    return timedelta(seconds=build_timeout + push_timeout + 600)
+
+
 def superseded_message(newer_sha: str) -> str:
     """The state message of a cancelled older run."""
     return f"superseded by {newer_sha}"
@@ -80,7 +92,7 @@ def decide(
     stale_after: timedelta,
 ) -> SupersedeDecision:
     """Decide this run's fate against the other in-flight runs of the same flow (any PR; filtered here)."""
-    group = [r for r in in_flight if r.id != me.id and me.same_group(r)]
+    group = [r for r in in_flight if r.id != me.id and not r.stopping and me.same_group(r)]
     newer_other = sorted(
         (r for r in group if r.order > me.order and not me.same_commit(r)), key=lambda r: r.order
     )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from previews.core.fingerprint import FINGERPRINT_LABEL, REVISION_LABEL, build_fingerprint, is_published
-from previews.core.supersede import RunRef, decide
+from previews.core.supersede import RunRef, decide, run_tags, stale_after
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 A = "a" * 40
@@ -16,8 +16,10 @@ C = "c" * 40
 STALE = timedelta(hours=1)
 
 
-def run(id_: str, minute: float, sha: str, *, pr: int = 7, repository: str = "Acme/App") -> RunRef:
-    return RunRef(id_, f"run-{id_}", T0 + timedelta(minutes=minute), repository, pr, sha)
+def run(
+    id_: str, minute: float, sha: str, *, pr: int = 7, repository: str = "Acme/App", stopping: bool = False
+) -> RunRef:
+    return RunRef(id_, f"run-{id_}", T0 + timedelta(minutes=minute), repository, pr, sha, stopping=stopping)
 
 
 def verdict(me: RunRef, others: list[RunRef], now: datetime | None = None) -> tuple[str, str, list[str]]:
@@ -54,6 +56,11 @@ def verdict(me: RunRef, others: list[RunRef], now: datetime | None = None) -> tu
         (run("m", 5, B), [run("n", 6, C, pr=8)], ("proceed", "", [])),
         # the repository compares case-insensitively
         (run("m", 5, B), [run("o", 1, A, repository="acme/app")], ("proceed", "", ["o"])),
+        # a run already being stopped (Cancelling) counts for nothing: not cancelled again, no duplicate,
+        # and a newer one that is stopping does not stop this one
+        (run("m", 5, B), [run("o", 1, A, stopping=True)], ("proceed", "", [])),
+        (run("m", 5, A), [run("o", 1, A, stopping=True)], ("proceed", "", [])),
+        (run("m", 5, A), [run("n", 6, B, stopping=True)], ("proceed", "", [])),
         # itself in the list is ignored
         (run("m", 5, B), [run("m", 5, B)], ("proceed", "", [])),
         # same created time: the id breaks the tie, both sides agree
@@ -132,3 +139,12 @@ def test_is_published_needs_revision_and_fingerprint() -> None:
     assert not is_published({REVISION_LABEL: B, FINGERPRINT_LABEL: fp}, sha=A, fingerprint=fp)
     assert not is_published({REVISION_LABEL: A, FINGERPRINT_LABEL: "sha256:0"}, sha=A, fingerprint=fp)
     assert not is_published({REVISION_LABEL: A}, sha=A, fingerprint=fp)
+
+
+def test_stale_after_is_build_plus_push_plus_ten_minutes() -> None:
+    assert stale_after(1800, 900) == timedelta(seconds=3300)
+    assert stale_after(60, 30) == timedelta(seconds=690)
+
+
+def test_run_tags_name_the_pr_lower_cased() -> None:
+    assert run_tags("Acme/App", 7) == ["previews", "repo:acme/app", "pr:7"]

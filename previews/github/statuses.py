@@ -8,24 +8,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from prefect.runtime import flow_run
-
 from previews.core.names import FULL_SHA_RE
 from previews.core.status import StatusUpdate
 from previews.errors import PreviewsError
 from previews.github.client import GitHubClient
-from previews.settings import Settings
-
-
-def flow_run_url(settings: Settings) -> str | None:
-    """The Prefect UI page of the current flow run (``PREVIEWS_UI_URL`` wins over Prefect's own setting)."""
-    run_id = flow_run.id
-    if not run_id:
-        return None
-    if settings.ui_url:
-        return f"{settings.ui_url.rstrip('/')}/runs/flow-run/{run_id}"
-    url = flow_run.ui_url
-    return str(url) if url else None
 
 
 @dataclass
@@ -46,7 +32,7 @@ class StatusReporter:
             self.sha = sha
 
     def post(self, update: StatusUpdate) -> None:
-        """Post ``update``; log (never raise) when GitHub refuses or is unreachable."""
+        """Post ``update`` on this run's SHA; log (never raise) when GitHub refuses or is unreachable."""
         self.last = update
         if self.client is None:
             self.logger.info("commit status (not posted, no GitHub credentials): %s", update.description)
@@ -55,14 +41,28 @@ class StatusReporter:
             self.logger.warning("commit status not posted: the head SHA is not known in full yet")
             return
         try:
-            self.client.create_status(
-                self.repository,
-                self.sha,
-                state=update.state,
-                context=self.context,
-                description=update.description,
-                target_url=self.target_url,
-            )
+            self._create(self.client, self.repository, self.sha, update, self.target_url)
             self.logger.info("commit status %s on %s: %s", update.state, self.sha[:12], update.description)
         except PreviewsError as exc:
             self.logger.warning("could not post the commit status (%s): %s", update.state, exc)
+
+    def post_elsewhere(self, repository: str, sha: str, update: StatusUpdate) -> None:
+        """Post ``update`` on another run's commit (a run this one superseded), without a link; never raises."""
+        if self.client is None or not FULL_SHA_RE.fullmatch(sha):
+            return
+        try:
+            self._create(self.client, repository, sha, update, None)
+        except PreviewsError as exc:
+            self.logger.warning("could not post the %s status on %s: %s", update.state, sha[:12], exc)
+
+    def _create(
+        self, client: GitHubClient, repository: str, sha: str, update: StatusUpdate, target_url: str | None
+    ) -> None:
+        client.create_status(
+            repository,
+            sha,
+            state=update.state,
+            context=self.context,
+            description=update.description,
+            target_url=target_url,
+        )

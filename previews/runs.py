@@ -1,0 +1,192 @@
+"""The Prefect-run adapter: read, tag and cancel flow runs through the Prefect API (sync client).
+
+"In flight" has one definition, :data:`IN_FLIGHT`: a run that has not finished and may still build or push
+(Scheduled, Pending, Running, Paused, Cancelling). The cleanup keeps the tags of every such run; the
+supersede decision (:mod:`previews.core.supersede`) sets aside those already stopping.
+
+Prefect's server cannot filter runs by parameter, and a Scheduled run has not tagged itself yet, so every
+in-flight run of the flow is read and compared client-side by repository and PR number. The decisions are
+pure; this module reads and writes flow runs only. Prefect API failures become :class:`TransientPrefectError`
+(connection, timeout, 5xx, 429) or :class:`PrefectError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Self
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterId,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Cancelling
+
+from previews.core.names import parse_pr_number, parse_repository, parse_sha
+from previews.core.supersede import Cancellation, RunRef, SupersedeDecision, decide
+from previews.errors import PrefectError, TransientPrefectError, ValidationError
+
+IN_FLIGHT = (
+    StateType.SCHEDULED,
+    StateType.PENDING,
+    StateType.RUNNING,
+    StateType.PAUSED,
+    StateType.CANCELLING,
+)
+STOPPING = (StateType.CANCELLING,)
+ENDING = (StateType.CANCELLING, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED)
+_PAGE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledRun:
+    """An older run this run moved to Cancelled (still queued) or Cancelling, and the server's answer."""
+
+    run: RunRef
+    proposed: str
+    answer: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Supersession:
+    """What the supersede step decided, and the older runs it cancelled."""
+
+    decision: SupersedeDecision
+    cancelled: tuple[CancelledRun, ...] = ()
+
+
+def run_ref(run: FlowRun) -> RunRef | None:
+    """The run's PR and commit from its parameters; None when they are missing or invalid."""
+    params = run.parameters or {}
+    try:
+        repository = parse_repository(params.get("repository"))
+        number = parse_pr_number(params.get("pr_number"))
+        sha = parse_sha(params.get("head_sha"))
+    except ValidationError:
+        return None
+    stopping = run.state is not None and run.state.type in STOPPING
+    created = run.created or datetime.now(UTC)
+    return RunRef(str(run.id), run.name, created, repository, number, sha, stopping=stopping)
+
+
+def flow_run_url(ui_url: str | None) -> str | None:
+    """The Prefect UI page of the current flow run (``ui_url``, the UI's base URL, wins over Prefect's own)."""
+    run_id = flow_run.id
+    if not run_id:
+        return None
+    if ui_url:
+        return f"{ui_url.rstrip('/')}/runs/flow-run/{run_id}"
+    url = flow_run.ui_url
+    return str(url) if url else None
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ObjectNotFound as exc:
+        raise PrefectError(f"Prefect API {what}: not found") from exc
+    except httpx.HTTPStatusError as exc:
+        status = exc.response.status_code
+        text = f"Prefect API {what}: {status}"
+        if status == 429 or status >= 500:
+            raise TransientPrefectError(text, status=status) from exc
+        raise PrefectError(text, status=status) from exc
+    except httpx.TransportError as exc:
+        raise TransientPrefectError(f"Prefect API {what}: {type(exc).__name__}") from exc
+
+
+class PrefectRuns:
+    """Flow runs of this Prefect API, through one sync client (enter it before use, or call :meth:`close`)."""
+
+    def __init__(self, client: SyncPrefectClient) -> None:
+        self._client = client
+
+    def __enter__(self) -> Self:
+        with _translated("connect"):
+            self._client.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.__exit__(None, None, None)
+
+    def in_flight(self, *, flow_id: UUID | None = None, flow_name: str | None = None) -> list[RunRef]:
+        """Every in-flight run of the flow (by id or name) whose parameters name a PR at a commit."""
+        flows = FlowFilter(
+            id=FlowFilterId(any_=[flow_id]) if flow_id else None,
+            name=FlowFilterName(any_=[flow_name]) if flow_name else None,
+        )
+        return [ref for run in self._in_flight_runs(flows) if (ref := run_ref(run)) is not None]
+
+    def _in_flight_runs(self, flows: FlowFilter) -> list[FlowRun]:
+        runs: list[FlowRun] = []
+        states = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT))))
+        while True:
+            with _translated("read flow runs"):
+                page = self._client.read_flow_runs(
+                    flow_filter=flows, flow_run_filter=states, limit=_PAGE, offset=len(runs)
+                )
+            runs.extend(page)
+            if len(page) < _PAGE:
+                return runs
+
+    def supersede(
+        self, run_id: UUID, *, stale_after: timedelta, tags: Sequence[str] = (), apply: bool = True
+    ) -> Supersession:
+        """Decide this run's fate; with ``apply``, tag it and cancel the older runs it supersedes.
+
+        When this run is itself Cancelling or Cancelled (someone else superseded it meanwhile), the verdict is
+        ``superseded`` with the state's message as the reason.
+        """
+        with _translated("read flow run"):
+            me_run = self._client.read_flow_run(run_id)
+        if me_run.state is not None and me_run.state.type in ENDING:
+            return Supersession(SupersedeDecision("superseded", me_run.state.message or "cancelled"))
+        me = run_ref(me_run)
+        if me is None:
+            return Supersession(SupersedeDecision("proceed", "this run has no valid PR parameters"))
+        if apply:
+            self._tag(me_run, tags)
+        in_flight = {
+            str(run.id): run
+            for run in self._in_flight_runs(FlowFilter(id=FlowFilterId(any_=[me_run.flow_id])))
+        }
+        others = [ref for run in in_flight.values() if (ref := run_ref(run)) is not None]
+        decision = decide(me, others, now=datetime.now(UTC), stale_after=stale_after)
+        if not apply:
+            return Supersession(decision)
+        cancelled = tuple(self._cancel(c, in_flight[c.run.id]) for c in decision.cancel)
+        return Supersession(decision, cancelled)
+
+    def _tag(self, run: FlowRun, tags: Sequence[str]) -> None:
+        wanted = [*run.tags, *(t for t in tags if t not in run.tags)]
+        if wanted != list(run.tags):
+            with _translated("tag flow run"):
+                self._client.update_flow_run(run.id, tags=wanted)
+
+    def _cancel(self, cancellation: Cancellation, run: FlowRun) -> CancelledRun:
+        state = run.state
+        queued = state is not None and state.type == StateType.SCHEDULED and state.name != "AwaitingRetry"
+        # A run still queued has no process to stop: Cancelled at once (Cancelling would never end).
+        proposed = Cancelled if queued else Cancelling
+        with _translated("cancel flow run"):
+            result: Any = self._client.set_flow_run_state(run.id, proposed(message=cancellation.message))
+        answer = f"{state.name if state else '?'} -> {proposed.__name__} {result.status.value}"
+        return CancelledRun(cancellation.run, proposed.__name__, answer, cancellation.message)

@@ -1,0 +1,89 @@
+"""The Prefect-run adapter against the real Prefect server: one definition of "in flight", cancel, errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling, Completed, Running, Scheduled, State
+
+from previews.errors import TransientPrefectError
+from previews.runs import PrefectRuns
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+A, B = "a" * 40, "b" * 40
+
+
+@flow(name="runs-adapter-test")
+def _stand_in(repository: str, pr_number: int, head_sha: str) -> None:
+    """Only its name and parameters matter."""
+
+
+@pytest.fixture
+def runs() -> Iterator[PrefectRuns]:
+    with PrefectRuns(get_client(sync_client=True)) as adapter:
+        yield adapter
+
+
+def start(pr: int, sha: str, state: State[None], repository: str = "acme/app") -> uuid.UUID:
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(
+            _stand_in, parameters={"repository": repository, "pr_number": pr, "head_sha": sha}
+        )
+        client.set_flow_run_state(run.id, state, force=True)
+        return run.id
+
+
+def state_of(run_id: uuid.UUID) -> StateType | None:
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    return state.type if state else None
+
+
+def test_in_flight_is_every_unfinished_run_and_marks_the_stopping_ones(runs: PrefectRuns) -> None:
+    repo = f"acme/runs-{uuid.uuid4().hex[:6]}"
+    running = start(1, A, Running(), repo)
+    stopping = start(2, A, Cancelling(), repo)
+    queued = start(3, A, Scheduled(), repo)
+    start(4, A, Completed(), repo)
+    found = {r.id: r for r in runs.in_flight(flow_name="runs-adapter-test") if r.repository == repo}
+    assert set(found) == {str(running), str(stopping), str(queued)}
+    assert [found[str(i)].stopping for i in (running, stopping, queued)] == [False, True, False]
+
+
+def test_supersede_cancels_the_older_run_and_a_queued_one_at_once(runs: PrefectRuns) -> None:
+    repo = f"acme/runs-{uuid.uuid4().hex[:6]}"
+    older_running = start(7, A, Running(), repo)
+    me = start(7, B, Running(), repo)
+    done = runs.supersede(me, stale_after=timedelta(hours=1), tags=["pr:7"])
+    assert done.decision.verdict == "proceed"
+    assert [c.run.id for c in done.cancelled] == [str(older_running)]
+    assert state_of(older_running) == StateType.CANCELLING
+    with get_client(sync_client=True) as client:
+        assert "pr:7" in client.read_flow_run(me).tags
+
+    queued_me = start(8, B, Running(), repo)
+    queued_old = start(8, A, Scheduled(), repo)  # created later, but Scheduled and at another SHA
+    late = runs.supersede(queued_me, stale_after=timedelta(hours=1), apply=False)
+    assert late.decision.verdict == "superseded"
+    assert late.cancelled == ()
+    assert state_of(queued_old) == StateType.SCHEDULED
+
+
+def test_a_run_that_is_already_stopping_is_superseded(runs: PrefectRuns) -> None:
+    me = start(9, A, Cancelling(message="superseded by " + B))
+    done = runs.supersede(me, stale_after=timedelta(hours=1))
+    assert (done.decision.verdict, done.decision.reason) == ("superseded", "superseded by " + B)
+
+
+def test_an_unreachable_api_is_a_transient_error() -> None:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    client = SyncPrefectClient("http://127.0.0.1:9/api", httpx_settings={"timeout": 2})
+    with pytest.raises(TransientPrefectError), PrefectRuns(client) as adapter:
+        adapter.in_flight(flow_name="runs-adapter-test")
