@@ -44,9 +44,9 @@ import docker  # noqa: E402
 from prefect.client.schemas.objects import StateType  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from flows.common import use_settings  # noqa: E402
-from flows.preview_image import preview_image  # noqa: E402
+from flows.preview_image import preview_image_flow  # noqa: E402
 from previews.settings import Settings  # noqa: E402
+from previews.wiring import Wiring  # noqa: E402
 from tests.support.served import (  # noqa: E402
     create_run,
     serve_preview_image,
@@ -83,8 +83,7 @@ def settings(reg: Registry, remote: Remote, **overrides: Any) -> Settings:
 
 def run_flow(config: Settings, **params: Any) -> tuple[float, Any]:
     start = time.monotonic()
-    with use_settings(config):
-        state = preview_image(**params, return_state=True)
+    state = preview_image_flow(lambda: Wiring(config))(**params, return_state=True)
     took = time.monotonic() - start
     if not state.is_completed():
         raise RuntimeError(f"run failed: {state.message}")

@@ -6,5 +6,6 @@ Register them with ``prefect block register -m blocks``. The flows load them by 
 
 from blocks.config import PreviewsConfig
 from blocks.credentials import PreviewsCredentials
+from blocks.loader import load_wiring
 
-__all__ = ["PreviewsConfig", "PreviewsCredentials"]
+__all__ = ["PreviewsConfig", "PreviewsCredentials", "load_wiring"]

@@ -8,6 +8,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from previews.settings import Settings
+from previews.wiring import Wiring
 
 
 class PreviewsCredentials(Block):
@@ -49,3 +50,11 @@ class PreviewsCredentials(Block):
             if getattr(self, name) is not None
         }
         return settings.model_copy(update=update)
+
+    def wiring(self, settings: Settings) -> Wiring:
+        """The composition root with these credentials: it hands out ready clients (GitHub, registry, git, ...).
+
+        Like prefect-docker's ``DockerRegistryCredentials``, the block is where secrets turn into clients;
+        they are unwrapped only by the client that sends them.
+        """
+        return Wiring(self.apply(settings))

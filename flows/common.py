@@ -1,78 +1,87 @@
-"""What every flow shares: loading settings, the retry policy, step timing."""
+"""What every flow shares: where its composition root comes from, the one retry layer, step timing.
+
+Each flow is built over a :data:`WiringSource`, a function that returns the run's composition root. The
+deployed flows (the module-level ``preview_image`` and friends, the entrypoints in prefect.yaml) use
+:func:`blocks.load_wiring`: the environment and the named blocks, read when the run starts. The CLI and the
+tests build the same flow over the values they hold. Nothing reaches a flow through a global.
+
+Retries live here and nowhere else in a flow's work: Prefect task retries (visible in the UI), counted and
+spaced by ``PREVIEWS_RETRIES`` / ``PREVIEWS_RETRY_DELAY``, for transient errors only, after at least the
+wait the remote asked for (:mod:`previews.core.retry`). Adapters make one attempt each.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
-from prefect import Task
+from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import State, TaskRun
 
-from blocks import PreviewsConfig, PreviewsCredentials
 from previews.core.outcome import NotifyResult
-from previews.errors import TransientError
+from previews.core.retry import MAX_RETRY_AFTER, backoff, planned_delay, retry_wait
 from previews.settings import Settings
+from previews.wiring import Wiring
 
-
-def load_settings(settings: Settings | None = None) -> Settings:
-    """The composition root of a flow run: environment, then the config and credentials blocks if named."""
-    resolved = settings if settings is not None else Settings()
-    if resolved.config_block:
-        resolved = PreviewsConfig.load(resolved.config_block).apply(resolved)  # type: ignore[union-attr]
-    if resolved.credentials_block:
-        resolved = PreviewsCredentials.load(resolved.credentials_block).apply(resolved)  # type: ignore[union-attr]
-    return resolved
-
-
-def retry_transient_only(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry a task run only when it failed with a :class:`TransientError` (stamina's rule)."""
-    return isinstance(state.data, TransientError)
-
-
-@contextmanager
-def timed(durations: dict[str, float], step: str) -> Iterator[None]:
-    """Record the wall time of ``step`` into ``durations`` whether it succeeds or not."""
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        durations[step] = round(time.monotonic() - start, 3)
-
-
-_SETTINGS: ContextVar[Settings | None] = ContextVar("previews_settings", default=None)
-
-
-@contextmanager
-def use_settings(settings: Settings) -> Iterator[None]:
-    """Run flows called inside this block with ``settings`` instead of the environment (CLI, tests)."""
-    token = _SETTINGS.set(settings)
-    try:
-        yield
-    finally:
-        _SETTINGS.reset(token)
-
-
-def current_settings() -> Settings:
-    """Settings passed in by :func:`use_settings`, else the environment; then blocks applied."""
-    return load_settings(_SETTINGS.get())
-
-
-def backoff(settings: Settings) -> list[float]:
-    """Exponential retry delays from the bounded settings: delay, 2*delay, 4*delay, ..."""
-    return [settings.retry_delay * 2**attempt for attempt in range(settings.retries)]
-
-
+WiringSource = Callable[[], Wiring]
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class TransientOnly:
+    """A task's ``retry_condition_fn``: retry after a :class:`TransientError` only (stamina's rule).
+
+    When the remote said how long to wait (``retry_after``) and that is longer than the scheduled backoff,
+    the difference is waited here first, up to ``max_wait``; a remote asking for longer is not retried.
+    """
+
+    def __init__(
+        self, max_wait: float = MAX_RETRY_AFTER, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.max_wait = max_wait
+        self._sleep = sleep
+
+    def __call__(self, task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+        planned = planned_delay(task.retry_delay_seconds, max(task_run.run_count - 1, 0))
+        error = state.data if isinstance(state.data, BaseException) else None
+        wait = retry_wait(error, planned=planned, max_wait=self.max_wait)
+        if wait is None:
+            return False
+        if wait > planned:
+            get_run_logger().info("the remote asked to wait %.1fs before retrying", wait)
+            self._sleep(wait - planned)
+        return True
+
+
+retry_transient_only = TransientOnly()
+
+
 def retrying(task: Task[P, R], settings: Settings) -> Task[P, R]:
-    """``task`` with the retry count and backoff of ``settings`` (only transient errors are retried)."""
-    return task.with_options(retries=settings.retries, retry_delay_seconds=backoff(settings))
+    """``task`` with the retry count and backoff of ``settings``, retrying transient errors only."""
+    return task.with_options(
+        retries=settings.retries,
+        retry_delay_seconds=backoff(settings.retry_delay, settings.retries),
+        retry_condition_fn=retry_transient_only,
+    )
+
+
+class Stopwatch:
+    """The wall time of each step of one run, for its summary (``PreviewResult.durations_s``)."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        """Time ``step`` whether it succeeds or not."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.durations[step] = round(time.monotonic() - start, 3)
 
 
 def log_notify(logger: logging.Logger | logging.LoggerAdapter[logging.Logger], result: NotifyResult) -> None:

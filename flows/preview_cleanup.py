@@ -2,6 +2,8 @@
 
 Tasks: list-versions -> read-pr-states -> in-flight-builds -> plan-cleanup -> apply-cleanup (skipped on a dry
 run). Every decision and its reason goes into a table artifact; each deletion emits ``previews.cleanup.deleted``.
+The executor paces and retries each deletion itself (one rate-limited request at a time, honouring
+``retry_after``), so apply-cleanup is the one task that Prefect does not retry.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
@@ -17,30 +19,24 @@ from prefect.events import emit_event
 from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import backoff, current_settings, retry_transient_only
+from blocks import load_wiring
+from flows.common import WiringSource, retry_transient_only, retrying
 from previews.core.names import parse_repository
 from previews.core.retention import (
-    UNKNOWN_PR,
     ImageVersion,
     Plan,
-    PrState,
     PrStatus,
+    RetentionRules,
     Verdict,
     plan_retention,
+    pr_status,
 )
 from previews.core.tags import parse_pr_tag
 from previews.errors import GitHubError, TransientError
-from previews.registry import (
-    ActionOutcome,
-    ApplyReport,
-    CleanupTarget,
-    apply_plan,
-    cleanup_image,
-    cleanup_target,
-    retention_rules,
-)
+from previews.github.client import GitHubClient
+from previews.registry import ActionOutcome, ApplyReport, CleanupTarget, apply_plan
 from previews.runs import PrefectRuns
-from previews.settings import Settings
+from previews.wiring import Wiring
 
 PREVIEW_IMAGE_FLOW = "preview-image"
 
@@ -75,55 +71,24 @@ def list_versions(target: CleanupTarget) -> list[ImageVersion]:
     return versions
 
 
-def pr_status(body: Any) -> PrStatus:
-    """A :class:`PrStatus` from GitHub's pull-request JSON (state, closed_at)."""
-    if not isinstance(body, dict) or body.get("state") not in ("open", "closed"):
-        return UNKNOWN_PR
-    if body["state"] == "open":
-        return PrStatus(PrState.OPEN)
-    closed_at = body.get("closed_at")
-    try:
-        closed = datetime.fromisoformat(str(closed_at).replace("Z", "+00:00")) if closed_at else None
-    except ValueError:
-        closed = None
-    return PrStatus(PrState.CLOSED, closed)
-
-
-@task(name="read-pr-states", cache_policy=NO_CACHE)
-def read_pr_states(numbers: list[int], settings: Settings) -> dict[int, PrStatus]:
-    """Each PR's state, read once per run; a PR that cannot be read is unknown (only the TTL applies)."""
-    from previews.github.client import GitHubClient
-
+@task(name="read-pr-states", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def read_pr_states(github: GitHubClient, repository: str, numbers: list[int]) -> dict[int, PrStatus]:
+    """Each PR's state, read once per run; a PR GitHub refuses to show is unknown (only the TTL applies)."""
     logger = get_run_logger()
-    repository = settings.cleanup_repository
-    client = GitHubClient.from_settings(settings) if repository else None
-    if client is None or repository is None:
-        logger.warning("no GitHub repository or credentials for PR states: only the TTL applies")
-        return {}
-    repo = parse_repository(repository, field="PREVIEWS_CLEANUP_REPOSITORY")
     states: dict[int, PrStatus] = {}
-    unknown = 0
-    with client:
-        for number in sorted(set(numbers)):
-            try:
-                states[number] = pr_status(client.request_json("GET", f"/repos/{repo}/pulls/{number}"))
-            except (GitHubError, TransientError) as exc:
-                unknown += 1
-                logger.warning("PR #%d state unknown (%s); only the TTL applies", number, type(exc).__name__)
-    logger.info("read %d PR states (%d unknown)", len(states), unknown)
+    for number in sorted(set(numbers)):
+        try:
+            states[number] = pr_status(github.request_json("GET", f"/repos/{repository}/pulls/{number}"))
+        except GitHubError as exc:
+            logger.warning("PR #%d state unknown (%s); only the TTL applies", number, type(exc).__name__)
+    logger.info("read %d PR states (%d unknown)", len(states), len(set(numbers)) - len(states))
     return states
 
 
 @task(name="in-flight-builds", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def in_flight_builds(settings: Settings) -> list[tuple[int, str]]:
+def in_flight_builds(runs: PrefectRuns, sha_length: int) -> list[tuple[int, str]]:
     """``(pr, sha prefix)`` of every preview-image run in flight; their tags are never deleted."""
-    from prefect.client.orchestration import get_client
-
-    with PrefectRuns(get_client(sync_client=True)) as runs:
-        found = {
-            (r.pr_number, r.head_sha[: settings.tag_sha_length])
-            for r in runs.in_flight(flow_name=PREVIEW_IMAGE_FLOW)
-        }
+    found = {(r.pr_number, r.head_sha[:sha_length]) for r in runs.in_flight(flow_name=PREVIEW_IMAGE_FLOW)}
     get_run_logger().info("%d builds in flight", len(found))
     return sorted(found)
 
@@ -134,14 +99,14 @@ def plan_cleanup(
     states: dict[int, PrStatus],
     in_flight: list[tuple[int, str]],
     target: CleanupTarget,
-    settings: Settings,
+    rules: RetentionRules,
 ) -> Plan:
     """The retention plan (pure)."""
     return plan_retention(
         versions,
         states,
         now=datetime.now(UTC),
-        rules=retention_rules(settings),
+        rules=rules,
         in_flight=in_flight,
         backend=target.backend,
         supports_untag=target.supports_untag,
@@ -149,10 +114,11 @@ def plan_cleanup(
 
 
 @task(name="apply-cleanup", cache_policy=NO_CACHE)
-def apply_cleanup(plan: Plan, target: CleanupTarget, image: str, settings: Settings) -> ApplyReport:
+def apply_cleanup(
+    plan: Plan, target: CleanupTarget, registry: str, image: str, retries: int, backoff: float
+) -> ApplyReport:
     """Carry out the plan; one ``previews.cleanup.deleted`` (or ``.untagged``) event per removal."""
     logger = get_run_logger()
-    resource_base = f"previews.image.{settings.registry}/{image}"
 
     def done(outcome: ActionOutcome) -> None:
         action = outcome.action
@@ -166,8 +132,8 @@ def apply_cleanup(plan: Plan, target: CleanupTarget, image: str, settings: Setti
         emit_event(
             event=f"previews.cleanup.{kind}",
             resource={
-                "prefect.resource.id": f"{resource_base}@{action.digest}",
-                "previews.registry": settings.registry,
+                "prefect.resource.id": f"previews.image.{registry}/{image}@{action.digest}",
+                "previews.registry": registry,
                 "previews.image": image,
             },
             payload={
@@ -179,13 +145,7 @@ def apply_cleanup(plan: Plan, target: CleanupTarget, image: str, settings: Setti
             },
         )
 
-    return apply_plan(
-        plan,
-        target,
-        retries=settings.retries,
-        backoff=settings.retry_delay,
-        on_done=done,
-    )
+    return apply_plan(plan, target, retries=retries, backoff=backoff, on_done=done)
 
 
 def _table(plan: Plan, report: ApplyReport | None) -> list[dict[str, Any]]:
@@ -197,11 +157,8 @@ def _table(plan: Plan, report: ApplyReport | None) -> list[dict[str, Any]]:
         elif report is None:
             result = "dry run"
         else:
-            result = (
-                "failed: " + failed[decision.tag][:120]
-                if decision.tag in failed
-                else decision.verdict.value + "d"
-            )
+            done = decision.verdict.value + "d"
+            result = "failed: " + failed[decision.tag][:120] if decision.tag in failed else done
         rows.append(
             {
                 "tag": decision.tag,
@@ -216,32 +173,43 @@ def _table(plan: Plan, report: ApplyReport | None) -> list[dict[str, Any]]:
     return rows
 
 
-@flow(name="preview-cleanup", validate_parameters=True)
-def preview_cleanup(dry_run: bool = True) -> State[CleanupResult]:
-    """Plan (and unless ``dry_run``, carry out) the removal of stale ``pr-*`` tags of the configured image."""
-    settings = current_settings()
-    image = cleanup_image(settings)
-    target = cleanup_target(settings)
-    try:
-        versions = list_versions.with_options(
-            retries=settings.retries, retry_delay_seconds=backoff(settings)
-        )(target)
-        numbers = [p.pr_number for v in versions for t in v.tags if (p := parse_pr_tag(t)) is not None]
-        states = read_pr_states(numbers, settings)
-        in_flight = in_flight_builds(settings)
-        plan = plan_cleanup(versions, states, in_flight, target, settings)
-        report = None if dry_run else apply_cleanup(plan, target, image, settings)
-    finally:
-        target.close()
+def _pr_states(wiring: Wiring, numbers: list[int]) -> dict[int, PrStatus]:
+    """The PR states GitHub gives; none when the repository or credentials are missing or GitHub is down."""
+    logger = get_run_logger()
+    repository = wiring.settings.cleanup_repository
+    github = wiring.github() if repository else None
+    if github is None or repository is None:
+        logger.warning("no GitHub repository or credentials for PR states: only the TTL applies")
+        return {}
+    repo = parse_repository(repository, field="PREVIEWS_CLEANUP_REPOSITORY")
+    with github:
+        try:
+            return retrying(read_pr_states, wiring.settings)(github, repo, numbers)
+        except TransientError as exc:
+            logger.warning("GitHub did not answer (%s): PR states unknown, only the TTL applies", exc)
+            return {}
 
-    removed = len(report.removed_tags) if report else 0
+
+def _plan(wiring: Wiring, target: CleanupTarget) -> Plan:
+    """List the image, read the PR states and the builds in flight, and plan the removals."""
+    settings = wiring.settings
+    versions = retrying(list_versions, settings)(target)
+    numbers = [p.pr_number for v in versions for t in v.tags if (p := parse_pr_tag(t)) is not None]
+    states = _pr_states(wiring, numbers)
+    with wiring.prefect_runs() as runs:
+        in_flight = retrying(in_flight_builds, settings)(runs, settings.tag_sha_length)
+    return plan_cleanup(versions, states, in_flight, target, wiring.retention_rules())
+
+
+def _report(image: str, dry_run: bool, plan: Plan, report: ApplyReport | None) -> CleanupResult:
+    """The run's result, its table artifact and its summary artifact."""
     failures = [f"{', '.join(o.action.tags)}: {o.detail}" for o in (report.failed if report else ())]
     result = CleanupResult(
         dry_run=dry_run,
         image=image,
         tags=len(plan.decisions),
         planned_removals=len(plan.removed_tags),
-        removed=removed,
+        removed=len(report.removed_tags) if report else 0,
         failed=len(failures),
         counts=dict(plan.counts),
         failures=failures,
@@ -254,4 +222,31 @@ def preview_cleanup(dry_run: bool = True) -> State[CleanupResult]:
         f"| decision: reason | tags |\n|---|---|\n{counts}\n",
         description=result.summary,
     )
-    return Completed(message=result.summary, data=result)
+    return result
+
+
+def preview_cleanup_flow(load: WiringSource = load_wiring) -> Flow[..., State[CleanupResult]]:
+    """The preview-cleanup flow over a composition root (deployed: the environment and blocks)."""
+
+    def preview_cleanup(dry_run: bool = True) -> State[CleanupResult]:
+        """Plan (and unless ``dry_run``, carry out) the removal of stale ``pr-*`` tags of the configured image."""
+        wiring = load()
+        settings, image = wiring.settings, wiring.cleanup_image()
+        target = wiring.cleanup_target()
+        try:
+            plan = _plan(wiring, target)
+            report = None
+            if not dry_run:
+                report = apply_cleanup(
+                    plan, target, settings.registry, image, settings.retries, settings.retry_delay
+                )
+        finally:
+            target.close()
+        result = _report(image, dry_run, plan, report)
+        return Completed(message=result.summary, data=result)
+
+    preview_cleanup.__qualname__ = preview_cleanup.__name__  # deployments load the module-level flow
+    return flow(name="preview-cleanup", validate_parameters=True)(preview_cleanup)
+
+
+preview_cleanup = preview_cleanup_flow()

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from flows.common import current_settings, log_notify, retry_transient_only, retrying
+from blocks import load_wiring
+from flows.common import WiringSource, log_notify, retry_transient_only, retrying
 from previews.core.names import parse_pr_number, parse_repository
 from previews.core.outcome import NotifyResult
 from previews.errors import ValidationError
 from previews.github import infra
-from previews.github.client import GitHubClient
-from previews.settings import Settings
 
 
 def run_name() -> str:
@@ -29,30 +28,37 @@ def run_name() -> str:
 
 @task(name="notify-infra-teardown", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
 def notify_teardown(
-    repository: str, pr_number: int, delivery: str | None, settings: Settings
+    target: infra.InfraTarget | infra.NoTarget, repository: str, pr_number: int, delivery: str | None
 ) -> NotifyResult:
     """Send ``preview-teardown`` to the infra target."""
-    client = GitHubClient.from_settings(settings, backoff=settings.retry_delay)
-    try:
-        target = infra.target_from_settings(settings, client)
-        result = infra.notify_teardown(target, repository=repository, pr_number=pr_number, delivery=delivery)
-    finally:
-        if client is not None:
-            client.close()
+    result = infra.notify_teardown(target, repository=repository, pr_number=pr_number, delivery=delivery)
     log_notify(get_run_logger(), result)
     return result
 
 
-@flow(name="preview-teardown", flow_run_name=run_name, validate_parameters=False)
-def preview_teardown(repository: str, pr_number: int, delivery: str | None = None) -> State[NotifyResult]:
-    """Tell infra that ``repository``'s PR ``pr_number`` closed, so its preview environment goes away."""
-    settings = current_settings()
-    repo = parse_repository(repository)
-    number = parse_pr_number(pr_number)
-    result = retrying(notify_teardown, settings)(repo, number, delivery, settings)
-    create_markdown_artifact(
-        key=f"teardown-pr-{number}",
-        markdown=f"## Preview teardown: {repo}#{number}\n\n{result.reason}\n",
-        description=result.reason,
-    )
-    return Completed(message=result.reason, data=result)
+def preview_teardown_flow(load: WiringSource = load_wiring) -> Flow[..., State[NotifyResult]]:
+    """The preview-teardown flow over a composition root (deployed: the environment and blocks)."""
+
+    def preview_teardown(repository: str, pr_number: int, delivery: str | None = None) -> State[NotifyResult]:
+        """Tell infra that ``repository``'s PR ``pr_number`` closed, so its preview environment goes away."""
+        wiring = load()
+        repo, number = parse_repository(repository), parse_pr_number(pr_number)
+        github = wiring.github()
+        try:
+            target = wiring.infra_target(github)
+            result = retrying(notify_teardown, wiring.settings)(target, repo, number, delivery)
+        finally:
+            if github is not None:
+                github.close()
+        create_markdown_artifact(
+            key=f"teardown-pr-{number}",
+            markdown=f"## Preview teardown: {repo}#{number}\n\n{result.reason}\n",
+            description=result.reason,
+        )
+        return Completed(message=result.reason, data=result)
+
+    preview_teardown.__qualname__ = preview_teardown.__name__  # deployments load the module-level flow
+    return flow(name="preview-teardown", flow_run_name=run_name, validate_parameters=False)(preview_teardown)
+
+
+preview_teardown = preview_teardown_flow()

@@ -13,9 +13,9 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,16 @@ import requests
 import urllib3.exceptions
 from pydantic import SecretStr
 
+from previews.core.plan import BuildSpec
 from previews.core.tags import DEFAULT_PROTECTED, ensure_pushable
-from previews.errors import AuthError, BuildError, PushError, TransientPushError, ValidationError
+from previews.errors import (
+    AuthError,
+    BuildError,
+    PreviewsError,
+    PushError,
+    TransientPushError,
+    ValidationError,
+)
 
 LOG_TAIL_LINES = 30
 _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
@@ -71,20 +79,6 @@ _COUNTDOWN_RE = re.compile(r"(.*?)([0-9]+)(.*)", re.ASCII)
 
 def _ignore(_line: str) -> None:
     """Default ``on_line``: drop the line."""
-
-
-@dataclass(frozen=True, slots=True)
-class BuildSpec:
-    """What to build: a context directory, a Dockerfile inside it, and the production build's settings."""
-
-    context_dir: Path
-    dockerfile: str
-    image_ref: str
-    target: str | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
-    cache_from: Sequence[str] = ()
-    timeout: float = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +497,34 @@ class DockerEngine:
             f"registry push failed (transient): the registry answered unauthorized, but the same credentials "
             f"log in to {registry}, so its auth check failed transiently (was: {error})"
         )
+
+    def pull(
+        self,
+        reference: str,
+        *,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        timeout: float = 900.0,
+    ) -> str | None:
+        """Pull ``registry/repository:tag``; None when it arrived, else why not (redacted; never raises).
+
+        Used to warm the build cache: an image that cannot be pulled only costs the build time.
+        """
+        repository, _, tag = reference.rpartition(":")
+        if not repository or "/" in tag:
+            return f"{reference!r} is not registry/repository:tag"
+        secret = password.get_secret_value() if password is not None else ""
+        auth = {"username": username, "password": secret} if username and secret else None
+        redact = _Redactor([secret])
+        api = self._client.api
+        try:
+            with _read_timeout(api, timeout):
+                for chunk in api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+                    if isinstance(chunk, dict) and (failure := stream_error(chunk)) is not None:
+                        return redact(clean_line(failure[0]) or "unknown pull error")
+        except (*_CONNECTION_ERRORS, PreviewsError) as exc:
+            return redact(str(exc))
+        return None
 
     def tag(self, image: str, reference: str) -> None:
         """Tag a local image as ``reference`` (``registry/repository:tag``)."""

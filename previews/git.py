@@ -33,6 +33,7 @@ from previews.core.names import (
     parse_repository,
     parse_sha,
 )
+from previews.core.plan import BuildPaths
 from previews.core.request import Sibling
 from previews.errors import AuthError, GitError, TransientGitError, ValidationError
 
@@ -54,6 +55,49 @@ class CheckoutResult:
     head_sha: str
     siblings: Mapping[str, str]
     duration_s: float
+
+    def build_paths(self, context: str, dockerfile: str) -> BuildPaths:
+        """The workspace, and the build context and Dockerfile given relative to the app, as they are on disk.
+
+        Symlinks are followed, so the plan's containment check sees where a path really leads.
+        """
+        app_dir = self.app_dir.resolve()
+        return BuildPaths(
+            workspace=self.workspace.resolve(),
+            context=(app_dir / context).resolve(),
+            dockerfile=(app_dir / dockerfile).resolve(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GitSource:
+    """Where the pipeline fetches from: a clone URL template (``{repository}``), a token, the app's directory."""
+
+    url_template: str
+    token: SecretStr | None = None
+    app_dir: str = "app"
+
+    def checkout(
+        self,
+        workspace: Path,
+        *,
+        repository: str,
+        sha: str,
+        pr_number: int,
+        siblings: Sequence[Sibling] = (),
+        fetch_base: str | None = None,
+    ) -> CheckoutResult:
+        """:func:`checkout` of ``repository`` (and each sibling) from the URLs the template gives."""
+        return checkout(
+            workspace=workspace,
+            url=repository_url(self.url_template, repository),
+            sha=sha,
+            pr_number=pr_number,
+            siblings=[(s, repository_url(self.url_template, s.repository)) for s in siblings],
+            token=self.token,
+            app_name=self.app_dir,
+            fetch_base=fetch_base,
+        )
 
 
 def repository_url(template: str, repository: str) -> str:

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from previews.core.names import parse_registry
+from previews.core.plan import BuildConfig
 
 
 class Settings(BaseSettings):
@@ -124,6 +125,27 @@ class Settings(BaseSettings):
     def paths_ignore_globs(self) -> tuple[str, ...]:
         """``PREVIEWS_PATHS_IGNORE`` split on commas: gitignore-style globs of docs-only paths."""
         return tuple(g.strip() for g in self.paths_ignore.split(",") if g.strip())
+
+    def build_config(self) -> BuildConfig:
+        """The settings the build plan reads, as plain values (:mod:`previews.core.plan`)."""
+        return BuildConfig(
+            registry=self.registry,
+            image=self.image,
+            siblings=self.siblings,
+            tag_sha_length=self.tag_sha_length,
+            protected_tags=self.protected_tag_patterns(),
+            fork_policy=self.fork_policy,
+            fork_label=self.fork_label,
+            paths_ignore=self.paths_ignore_globs(),
+            dockerfile=self.dockerfile,
+            build_context=self.build_context,
+            build_target=self.build_target,
+            build_args=self.build_arg_map(),
+            build_timeout=self.build_timeout,
+            has_push_credentials=self.has_push_credentials,
+            cache_from_enabled=self.cache_from_enabled,
+            cache_from_fallback=self.cache_from_fallback,
+        )
 
     def build_arg_map(self) -> dict[str, str]:
         """Parse ``KEY=VALUE,...`` into a dict; keys must be shell-variable-like names."""

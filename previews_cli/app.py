@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from previews import stack
@@ -42,14 +43,14 @@ def _build(args: argparse.Namespace) -> int:
         # The run's full log (build output, tracebacks) is in the Prefect UI; the terminal gets one sentence.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
-    from flows.common import use_settings
-    from flows.preview_image import preview_image
+    from blocks import load_wiring
+    from flows.preview_image import preview_image_flow
     from previews.core.outcome import PreviewResult
 
-    with use_settings(settings):
-        state = preview_image(
-            repository=args.repository, pr_number=int(args.pr), head_sha=args.sha, return_state=True
-        )
+    preview_image = preview_image_flow(partial(load_wiring, settings))
+    state = preview_image(
+        repository=args.repository, pr_number=int(args.pr), head_sha=args.sha, return_state=True
+    )
     run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_completed():
         result = state.result()
@@ -76,12 +77,12 @@ def _build(args: argparse.Namespace) -> int:
 def _cleanup(args: argparse.Namespace) -> int:
     if not (args.debug or args.verbose):
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    from flows.common import use_settings
-    from flows.preview_cleanup import CleanupResult, preview_cleanup
+    from blocks import load_wiring
+    from flows.preview_cleanup import CleanupResult, preview_cleanup_flow
     from previews.settings import Settings
 
-    with use_settings(Settings()):
-        state = preview_cleanup(dry_run=not args.apply, return_state=True)
+    preview_cleanup = preview_cleanup_flow(partial(load_wiring, Settings()))
+    state = preview_cleanup(dry_run=not args.apply, return_state=True)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         reason = (str(error).strip().splitlines() or [state.message or "the run failed"])[0]

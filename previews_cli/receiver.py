@@ -6,10 +6,14 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from previews.core.events import parse_delivery_id
 from previews.settings import Settings
+from previews.wiring import Wiring
+
+if TYPE_CHECKING:
+    from previews.ingress.outbox import Outbox
 
 
 def _settings() -> Settings:
@@ -30,12 +34,11 @@ def _settings() -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from previews.ingress.app import create_app
     from previews.ingress.forwarder import DEFAULT_API_URL, redact_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings()
-    app = create_app(settings)
+    app = Wiring(settings).receiver_app()
     outbox = app.state.outbox
     print(
         f"previews receiver on http://{args.host}:{args.port}/webhooks/github "
@@ -46,10 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_outbox() -> Any:
-    from previews.ingress.outbox import Outbox
-
-    return Outbox(Settings().outbox_path)
+def _open_outbox() -> Outbox:
+    return Wiring(Settings()).outbox()
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -1,13 +1,15 @@
-"""Session-wide real services. Prefect settings are fixed here, before anything imports prefect."""
+"""Session-wide real services, and what the flow tests share.
+
+Prefect settings are fixed first, before anything imports prefect. Tests that need a real service (the Docker
+engine, the registry, the Prefect server, git remotes) are marked ``services`` here, from the fixtures they use:
+``pytest -m "not services"`` runs the rest in seconds.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support import services
 
@@ -17,6 +19,24 @@ _PREFECT_PORT = services.free_port()
 os.environ.update(services.prefect_env(_SESSION_DIR / "prefect-home", _PREFECT_PORT))
 for _name in [n for n in os.environ if n.startswith("PREVIEWS_")]:
     del os.environ[_name]  # tests pass configuration explicitly
+
+import contextlib  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from prefect.client.schemas.objects import State  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from flows.preview_cleanup import preview_cleanup_flow  # noqa: E402
+from flows.preview_image import preview_image_flow  # noqa: E402
+from flows.preview_teardown import preview_teardown_flow  # noqa: E402
+from previews.settings import Settings  # noqa: E402
+from previews.wiring import Wiring  # noqa: E402
+from tests.support.fake_github import FakeGitHub  # noqa: E402
+from tests.support.sample import SampleProject, make_sample  # noqa: E402
+from tests.support.services import Registry  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +72,91 @@ def remotes_root(session_dir: Path) -> Path:
     root = session_dir / "remotes"
     root.mkdir(exist_ok=True)
     return root
+
+
+# --- what the flow tests share: settings for a sample project, running a flow over them --------------------
+
+INFRA = "acme-infra/environments"
+SERVICE_FIXTURES = frozenset({"docker_client", "base_image", "registry", "prefect_server", "remotes_root"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real service (Docker, the registry, Prefect, git remotes) ``services``.
+
+    ``pytest -m "not services"`` then runs the pure and in-process tests in seconds.
+    """
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
+def settings_for(sample: SampleProject, reg: Registry, **overrides: Any) -> Settings:
+    """Settings that build ``sample`` and push to ``reg`` (with its credentials), plus ``overrides``."""
+    values: dict[str, Any] = {
+        "registry": reg.host,
+        "registry_username": reg.username,
+        "registry_token": SecretStr(reg.password),
+        "git_url_template": sample.git_url_template,
+        "siblings": sample.siblings,
+        "build_context": "..",
+        "retry_delay": 0.1,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def github_values(github: FakeGitHub, **overrides: Any) -> dict[str, Any]:
+    """Settings values that point the pipeline at ``github`` with a token, notifying :data:`INFRA`."""
+    return {
+        "github_api_url": github.url,
+        "github_token": SecretStr(github.token),
+        "infra_repository": INFRA,
+        **overrides,
+    }
+
+
+def params_for(sample: SampleProject, pr: int = 7, sha: str | None = None) -> dict[str, Any]:
+    """The preview-image parameters for ``sample``'s PR ``pr`` at ``sha`` (default: its head)."""
+    return {"repository": sample.app.repository, "pr_number": pr, "head_sha": sha or sample.head_sha}
+
+
+def run_image(settings: Settings, **params: Any) -> State[Any]:
+    """One preview-image run in this process, over ``settings`` (no blocks, no environment)."""
+    state: State[Any] = preview_image_flow(lambda: Wiring(settings))(**params, return_state=True)
+    return state
+
+
+def run_teardown(settings: Settings, **params: Any) -> State[Any]:
+    """One preview-teardown run in this process, over ``settings``."""
+    state: State[Any] = preview_teardown_flow(lambda: Wiring(settings))(**params, return_state=True)
+    return state
+
+
+def run_cleanup(settings: Settings, *, dry_run: bool) -> State[Any]:
+    """One preview-cleanup run in this process, over ``settings``."""
+    state: State[Any] = preview_cleanup_flow(lambda: Wiring(settings))(dry_run=dry_run, return_state=True)
+    return state
+
+
+@pytest.fixture
+def sample(remotes_root: Path) -> SampleProject:
+    """A fresh app repository (mixed-case owner) with its sibling, as git remotes."""
+    return make_sample(remotes_root, f"Owner-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def image_cleanup(docker_client: services.docker.DockerClient) -> Iterator[list[str]]:
+    """Image references a test made in the local engine, removed afterwards."""
+    refs: list[str] = []
+    yield refs
+    for ref in refs:
+        with contextlib.suppress(services.docker.errors.ImageNotFound):
+            docker_client.images.remove(ref, force=True)
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    """The fake GitHub API, with the infra repository that receives dispatches."""
+    with FakeGitHub() as fake:
+        fake.add_repo(INFRA)
+        yield fake

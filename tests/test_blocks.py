@@ -12,8 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from blocks import PreviewsConfig, PreviewsCredentials
-from flows.common import load_settings
+from blocks import PreviewsConfig, PreviewsCredentials, load_wiring
 from previews.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ def test_flows_load_credentials_and_config_blocks_by_name(prefect_server: str) -
     PreviewsConfig(
         registry="127.0.0.1:5999", siblings="common=acme/common@v2", dockerfile="ops/Dockerfile"
     ).save(name)
-    settings = load_settings(Settings(credentials_block=name, config_block=name, registry="ghcr.io"))
+    settings = load_wiring(Settings(credentials_block=name, config_block=name, registry="ghcr.io")).settings
     assert settings.registry == "127.0.0.1:5999"
     assert settings.dockerfile == "ops/Dockerfile"
     assert settings.siblings == "common=acme/common@v2"
@@ -62,4 +61,4 @@ def test_a_config_block_with_a_bad_value_is_refused_naming_it(prefect_server: st
     name = f"bad-{uuid.uuid4().hex[:8]}"
     PreviewsConfig(registry="https://not-a-host/").save(name)
     with pytest.raises(ValueError, match="registry"):
-        load_settings(Settings(config_block=name))
+        load_wiring(Settings(config_block=name))

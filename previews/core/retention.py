@@ -44,6 +44,20 @@ class PrStatus:
 UNKNOWN_PR = PrStatus(PrState.UNKNOWN)
 
 
+def pr_status(body: object) -> PrStatus:
+    """A :class:`PrStatus` from GitHub's pull-request JSON (``state``, ``closed_at``); odd shapes are unknown."""
+    if not isinstance(body, dict) or body.get("state") not in ("open", "closed"):
+        return UNKNOWN_PR
+    if body["state"] == "open":
+        return PrStatus(PrState.OPEN)
+    closed_at = body.get("closed_at")
+    try:
+        closed = datetime.fromisoformat(str(closed_at).replace("Z", "+00:00")) if closed_at else None
+    except ValueError:
+        closed = None
+    return PrStatus(PrState.CLOSED, closed)
+
+
 @dataclass(frozen=True, slots=True)
 class ImageVersion:
     """One manifest in the registry: its digest, the tags on it, when it was made, and its child manifests.

@@ -38,7 +38,6 @@ from previews.errors import (
     ValidationError,
 )
 from previews.github.app_auth import AppCredentials, InstallationToken, InstallationTokenCache, app_jwt
-from previews.settings import Settings
 
 log = logging.getLogger("previews.github")
 
@@ -236,36 +235,6 @@ class GitHubClient:
                 "User-Agent": user_agent,
             },
         )
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> GitHubClient | None:
-        """A client from :class:`previews.settings.Settings`, or None when no GitHub credentials are set.
-
-        A GitHub App (id, key and installation, all three) wins over a token. The first retry delay is
-        ``settings.retry_delay`` unless ``backoff`` is passed; other keyword arguments go to the constructor.
-        """
-        app: AppCredentials | None = None
-        if settings.github_app_id or settings.github_app_private_key or settings.github_app_installation_id:
-            if not (
-                settings.github_app_id
-                and settings.github_app_private_key
-                and settings.github_app_installation_id
-            ):
-                raise ValidationError(
-                    "PREVIEWS_GITHUB_APP_ID",
-                    "a GitHub App needs PREVIEWS_GITHUB_APP_ID, PREVIEWS_GITHUB_APP_PRIVATE_KEY and "
-                    "PREVIEWS_GITHUB_APP_INSTALLATION_ID together",
-                )
-            app = AppCredentials(
-                app_id=settings.github_app_id,
-                private_key=settings.github_app_private_key,
-                installation_id=settings.github_app_installation_id,
-            )
-        token = settings.github_token
-        if app is None and (token is None or not token.get_secret_value()):
-            return None
-        kwargs.setdefault("backoff", settings.retry_delay)
-        return cls(base_url=settings.github_api_url, token=None if app else token, app=app, **kwargs)
 
     def __repr__(self) -> str:
         auth = "app" if self._app else "token" if self._token else "anonymous"

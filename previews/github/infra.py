@@ -25,7 +25,6 @@ from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.core.outcome import NotifyResult
 from previews.errors import InfraNotifyError, TransientInfraNotifyError, ValidationError
 from previews.github.client import GitHubClient, validate_dispatch
-from previews.settings import Settings
 
 log = logging.getLogger("previews.github.infra")
 
@@ -149,22 +148,6 @@ class WebhookTarget:
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientInfraNotifyError(text, status=response.status_code)
         raise InfraNotifyError(text, status=response.status_code)
-
-
-def target_from_settings(settings: Settings, client: GitHubClient | None) -> InfraTarget | NoTarget:
-    """The configured target: the infra repository (needs GitHub credentials), else the webhook, else none."""
-    if settings.infra_repository:
-        if client is None:
-            return NoTarget(
-                "no GitHub credentials for the infra repository (set PREVIEWS_GITHUB_TOKEN or a GitHub App); "
-                "nobody was notified"
-            )
-        return GitHubDispatchTarget(client, settings.infra_repository)
-    if settings.infra_webhook_url:
-        if settings.infra_webhook_secret is None or not settings.infra_webhook_secret.get_secret_value():
-            return NoTarget("PREVIEWS_INFRA_WEBHOOK_SECRET is not set; nobody was notified")
-        return WebhookTarget(settings.infra_webhook_url, settings.infra_webhook_secret)
-    return NoTarget()
 
 
 def build_create_payload(

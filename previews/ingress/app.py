@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -26,9 +28,8 @@ from previews.core.events import parse_pull_request_event, prefect_event
 from previews.core.names import parse_repository
 from previews.errors import SignatureError, ValidationError
 from previews.github.webhooks import SIGNATURE_HEADER, parse_delivery, verify_signature
-from previews.ingress.forwarder import Forwarder, prefect_headers
+from previews.ingress.forwarder import Forwarder
 from previews.ingress.outbox import Outbox, OutboxError
-from previews.settings import Settings
 
 log = logging.getLogger("previews.ingress")
 
@@ -66,28 +67,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_forwarder(settings: Settings, outbox: Outbox) -> Forwarder:
-    """The forwarder configured from ``settings`` (``PREFECT_API_URL`` etc.)."""
-    return Forwarder(
-        outbox,
-        api_url=settings.prefect_api_url,
-        api_key=settings.prefect_api_key,
-        auth_string=settings.prefect_api_auth_string,
-        batch_size=settings.forwarder_batch_size,
-        poll_seconds=settings.forwarder_poll_seconds,
-        max_backoff=settings.forwarder_max_backoff,
-        retention_seconds=settings.outbox_retention_hours * 3600,
-    )
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    """What the receiver checks: the webhook secret, the allowed repositories (empty: any), the body limit."""
+
+    webhook_secret: SecretStr | None
+    allowed_repositories: frozenset[str]
+    max_body_bytes: int
+    health_headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def create_app(settings: Settings, *, forwarder_enabled: bool = True) -> Starlette:
+def create_app(
+    config: ReceiverConfig, *, outbox: Outbox, forwarder: Forwarder, forwarder_enabled: bool = True
+) -> Starlette:
     """The receiver app. ``app.state.outbox`` and ``app.state.forwarder`` are exposed for tests and the CLI."""
-    allowed = allowed_repositories(settings.allowed_repositories)
-    secret = settings.webhook_secret
-    limit = settings.max_body_bytes
-    outbox = Outbox(settings.outbox_path)
-    forwarder = build_forwarder(settings, outbox)
-    health_headers = prefect_headers(settings.prefect_api_key, settings.prefect_api_auth_string)
+    allowed = config.allowed_repositories
+    secret = config.webhook_secret
+    limit = config.max_body_bytes
+    health_headers = dict(config.health_headers)
     if secret is None or not secret.get_secret_value():
         log.warning("PREVIEWS_WEBHOOK_SECRET is not set: deliveries are accepted without a signature check")
 

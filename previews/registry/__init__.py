@@ -12,21 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from previews.core.names import parse_image_repository
-from previews.core.retention import Action, ActionKind, Backend, ImageVersion, Plan, RetentionRules
+from previews.core.retention import Action, ActionKind, Backend, ImageVersion, Plan
 from previews.errors import (
     AuthError,
     GitHubNotFoundError,
     PermanentError,
     RegistryNotFoundError,
     TransientError,
-    ValidationError,
 )
-
-if TYPE_CHECKING:
-    from previews.settings import Settings
 
 
 class CleanupTarget(Protocol):
@@ -226,64 +221,3 @@ def apply_plan(
         if on_done:
             on_done(outcome)
     return ApplyReport(tuple(outcomes), round(time.monotonic() - start, 3))
-
-
-def registry_kind(settings: Settings) -> Backend:
-    """``PREVIEWS_REGISTRY_KIND``, defaulting to GHCR for ghcr.io and OCI for any other registry."""
-    if settings.registry_kind:
-        return Backend(settings.registry_kind)
-    return Backend.GHCR if settings.registry == "ghcr.io" else Backend.OCI
-
-
-def cleanup_image(settings: Settings) -> str:
-    """The image repository to clean: ``PREVIEWS_IMAGE``, else ``PREVIEWS_CLEANUP_REPOSITORY`` lower-cased."""
-    image = settings.image or settings.cleanup_repository
-    if not image:
-        raise ValidationError(
-            "PREVIEWS_IMAGE", "set the image repository to clean (or PREVIEWS_CLEANUP_REPOSITORY)"
-        )
-    return parse_image_repository(image, field="PREVIEWS_IMAGE")
-
-
-def retention_rules(settings: Settings) -> RetentionRules:
-    """The retention rules from ``PREVIEWS_CLEANUP_*`` and ``PREVIEWS_PROTECTED_TAGS``."""
-    from datetime import timedelta
-
-    return RetentionRules(
-        grace=timedelta(hours=settings.cleanup_grace_hours),
-        keep_per_open_pr=settings.cleanup_keep_per_open_pr,
-        ttl=timedelta(days=settings.cleanup_ttl_days),
-        protected=settings.protected_tag_patterns(),
-    )
-
-
-def cleanup_target(settings: Settings) -> CleanupTarget:
-    """The cleanup target the settings describe (an OCI repository or a GHCR package)."""
-    from previews.registry.ghcr import GhcrPackage, split_image
-    from previews.registry.oci import OciRegistry, OciRepository, registry_url
-
-    image = cleanup_image(settings)
-    token = settings.registry_token
-    if registry_kind(settings) is Backend.GHCR:
-        if token is None or not token.get_secret_value():
-            raise ValidationError(
-                "PREVIEWS_REGISTRY_TOKEN", "GHCR cleanup needs a token with delete:packages"
-            )
-        owner, package = split_image(image)
-        # ghcr.io's token endpoint takes Basic <any user>:<PAT>; the owner stands in when no username is set.
-        manifests = OciRegistry(
-            registry_url(settings.registry), username=settings.registry_username or owner, password=token
-        )
-        return GhcrPackage(
-            owner=owner,
-            package=package,
-            token=token,
-            owner_kind=settings.cleanup_ghcr_owner_kind,
-            api_url=settings.github_api_url,
-            deletes_per_minute=settings.cleanup_deletes_per_minute,
-            manifests=manifests,
-        )
-    registry = OciRegistry(
-        registry_url(settings.registry), username=settings.registry_username, password=token
-    )
-    return OciRepository(registry, image)

@@ -17,27 +17,16 @@ from typing import Any
 import docker
 import pytest
 from prefect.client.schemas.objects import State
-from pydantic import SecretStr
 
-from flows.common import use_settings
-from flows.preview_image import preview_image
 from previews.errors import TransientGitHubError
-from previews.settings import Settings
+from tests.conftest import INFRA, github_values, params_for, run_image, settings_for
 from tests.support.fake_github import FakeGitHub
 from tests.support.prefect_api import flow_run_logs, task_run_counts
 from tests.support.sample import SampleProject, make_sample
 from tests.support.services import Registry
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
-INFRA = "acme-infra/environments"
 PR = 21
-
-
-@pytest.fixture
-def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub() as fake:
-        fake.add_repo(INFRA)
-        yield fake
 
 
 @pytest.fixture
@@ -57,25 +46,8 @@ def pr(
 
 
 def run(sample: SampleProject, head: str, reg: Registry, github: FakeGitHub, **overrides: Any) -> State[Any]:
-    values: dict[str, Any] = {
-        "registry": reg.host,
-        "registry_username": reg.username,
-        "registry_token": SecretStr(reg.password),
-        "git_url_template": sample.git_url_template,
-        "siblings": sample.siblings,
-        "build_context": "..",
-        "retry_delay": 0.1,
-        "retries": 2,
-        "github_api_url": github.url,
-        "github_token": SecretStr(github.token),
-        "infra_repository": INFRA,
-        **overrides,
-    }
-    with use_settings(Settings(**values)):
-        state: State[Any] = preview_image(
-            repository=sample.app.repository, pr_number=PR, head_sha=head, delivery="d-f", return_state=True
-        )
-    return state
+    settings = settings_for(sample, reg, **github_values(github, **{"retries": 2, **overrides}))
+    return run_image(settings, **params_for(sample, pr=PR, sha=head), delivery="d-f")
 
 
 STATUS_FAULTS: dict[str, Callable[[FakeGitHub, str], object]] = {
@@ -113,7 +85,7 @@ DISPATCH_FAULTS: dict[str, Callable[[FakeGitHub, str], object]] = {
         "POST", path, retry_after=1, times=2
     ),
     "429-retry-after": lambda gh, path: gh.secondary_rate_limit("POST", path, retry_after=1, status=429),
-    "malformed-json-5xx": lambda gh, path: gh.malformed_json("POST", path, status=500, times=3),
+    "malformed-json-5xx-twice": lambda gh, path: gh.malformed_json("POST", path, status=500, times=2),
 }
 
 

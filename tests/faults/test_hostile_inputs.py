@@ -18,12 +18,11 @@ import pydantic
 import pytest
 from pydantic import SecretStr
 
-from flows.common import use_settings
-from flows.preview_image import preview_image
 from previews.core.outcome import PreviewResult
 from previews.core.request import validate_request
 from previews.errors import ValidationError
 from previews.settings import Settings
+from tests.conftest import run_image
 from tests.faults.hostile_corpus import (
     BAD_NUMBERS,
     BAD_SHAS,
@@ -164,8 +163,7 @@ def test_hostile_settings_are_refused_naming_the_setting(value: str) -> None:
 def test_a_hostile_flow_run_fails_at_validate_and_runs_nothing(tmp_path: Path, field: str) -> None:
     marker = tmp_path / "marker"
     settings = Settings(registry="registry.example.test", workspace_root=tmp_path)
-    with use_settings(settings):
-        state = preview_image(**{**GOOD, field: f"$(touch {marker})"}, return_state=True)
+    state = run_image(settings, **{**GOOD, field: f"$(touch {marker})"})
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, ValidationError)
@@ -179,8 +177,7 @@ def test_hostile_labels_and_delivery_pass_through_inert(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     hostile = [f"$(touch {marker})", f"`touch {marker}`", f"x; touch {marker}"]
     settings = Settings(registry="registry.example.test", workspace_root=tmp_path)
-    with use_settings(settings):
-        state = preview_image(**GOOD, labels=hostile, delivery=hostile[0], return_state=True)
+    state = run_image(settings, **GOOD, labels=hostile, delivery=hostile[0])
     assert state.is_completed(), state.message
     result = state.result()
     assert isinstance(result, PreviewResult)

@@ -8,60 +8,24 @@ the configured retries, and a failed push never leaves a tag behind.
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 from prefect.client.schemas.objects import State
-from pydantic import SecretStr
 
-from flows.common import use_settings
-from flows.preview_image import preview_image
 from previews.errors import TransientPushError
-from previews.settings import Settings
+from tests.conftest import params_for, run_image, settings_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.prefect_api import task_run_counts
-from tests.support.sample import SampleProject, make_sample
+from tests.support.sample import SampleProject
 from tests.support.services import Registry
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
 
 
-@pytest.fixture
-def sample(remotes_root: Path) -> SampleProject:
-    return make_sample(remotes_root, f"Faults-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def local_images(docker_client: docker.DockerClient) -> Iterator[list[str]]:
-    refs: list[str] = []
-    yield refs
-    for ref in refs:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(ref, force=True)
-
-
 def run_through(proxy: FaultProxy, sample: SampleProject, reg: Registry, **overrides: Any) -> State[Any]:
-    values: dict[str, Any] = {
-        "registry": proxy.host,
-        "registry_username": reg.username,
-        "registry_token": SecretStr(reg.password),
-        "git_url_template": sample.git_url_template,
-        "siblings": sample.siblings,
-        "build_context": "..",
-        "retry_delay": 0.2,
-        "retries": 2,
-        **overrides,
-    }
-    with use_settings(Settings(**values)):
-        state: State[Any] = preview_image(
-            repository=sample.app.repository, pr_number=11, head_sha=sample.head_sha, return_state=True
-        )
-    return state
+    settings = settings_for(sample, reg, **{"registry": proxy.host, "retries": 2, **overrides})
+    return run_image(settings, **params_for(sample, pr=11))
 
 
 def image_ref(proxy: FaultProxy, sample: SampleProject) -> str:
@@ -87,11 +51,11 @@ def image_ref(proxy: FaultProxy, sample: SampleProject) -> str:
     ],
 )
 def test_transient_registry_faults_are_retried_to_a_pushed_tag(
-    sample: SampleProject, registry: Registry, local_images: list[str], inject: Any
+    sample: SampleProject, registry: Registry, image_cleanup: list[str], inject: Any
 ) -> None:
     with FaultProxy(upstream=registry.host) as proxy:
         inject(proxy)
-        local_images.append(image_ref(proxy, sample))
+        image_cleanup.append(image_ref(proxy, sample))
         state = run_through(proxy, sample, registry)
         assert proxy.faults_served >= 1
         assert proxy.pending_faults == 0
@@ -125,11 +89,11 @@ def test_transient_registry_faults_are_retried_to_a_pushed_tag(
     ],
 )
 def test_persistent_registry_faults_fail_the_run_clearly_without_a_tag(
-    sample: SampleProject, registry: Registry, local_images: list[str], inject: Any, words: str
+    sample: SampleProject, registry: Registry, image_cleanup: list[str], inject: Any, words: str
 ) -> None:
     with FaultProxy(upstream=registry.host) as proxy:
         inject(proxy)
-        local_images.append(image_ref(proxy, sample))
+        image_cleanup.append(image_ref(proxy, sample))
         state = run_through(proxy, sample, registry, retries=2)
         manifest_puts = [s for s in proxy.seen if s.method == "PUT" and "/manifests/" in s.path]
     assert state.is_failed()
@@ -146,11 +110,11 @@ def test_persistent_registry_faults_fail_the_run_clearly_without_a_tag(
 
 
 def test_a_stalled_registry_fails_at_the_push_timeout_without_a_tag(
-    sample: SampleProject, registry: Registry, local_images: list[str]
+    sample: SampleProject, registry: Registry, image_cleanup: list[str]
 ) -> None:
     with FaultProxy(upstream=registry.host) as proxy:
         proxy.stall_next(10_000, seconds=60, method="PUT", path="/manifests/")
-        local_images.append(image_ref(proxy, sample))
+        image_cleanup.append(image_ref(proxy, sample))
         state = run_through(proxy, sample, registry, retries=1, push_timeout=3)
     assert state.is_failed()
     error = state.result(raise_on_failure=False)

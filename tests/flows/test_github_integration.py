@@ -6,32 +6,19 @@ GitHub's REST API is the one faked part (tests/support/fake_github.py speaks its
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect.client.schemas.objects import State
-from pydantic import SecretStr
 
-from flows.common import use_settings
-from flows.preview_image import preview_image
-from flows.preview_teardown import preview_teardown
 from previews.errors import BuildError
 from previews.settings import Settings
+from tests.conftest import INFRA, github_values, run_image, run_teardown, settings_for
 from tests.support.fake_github import FakeGitHub
 from tests.support.sample import APP_DOCKERFILE, SampleProject, make_sample
 from tests.support.services import Registry
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
-INFRA = "acme-infra/environments"
-
-
-@pytest.fixture
-def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub() as fake:
-        fake.add_repo(INFRA)
-        yield fake
 
 
 @pytest.fixture
@@ -45,36 +32,19 @@ def pr(remotes_root: Path, github: FakeGitHub) -> tuple[SampleProject, str, str]
     return sample, base, head
 
 
-def settings_for(sample: SampleProject, reg: Registry, github: FakeGitHub, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "registry": reg.host,
-        "registry_username": reg.username,
-        "registry_token": SecretStr(reg.password),
-        "git_url_template": sample.git_url_template,
-        "siblings": sample.siblings,
-        "build_context": "..",
-        "retry_delay": 0.1,
-        "github_api_url": github.url,
-        "github_token": SecretStr(github.token),
-        "infra_repository": INFRA,
-        "ui_url": "http://prefect.example.test",
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def run(settings: Settings, **params: Any) -> State:
-    with use_settings(settings):
-        state: State = preview_image(**params, return_state=True)
-    return state
+def github_settings(sample: SampleProject, reg: Registry, github: FakeGitHub, **overrides: Any) -> Settings:
+    """The shared settings with the fake GitHub, the infra repository and a Prefect UI address for links."""
+    return settings_for(
+        sample, reg, **github_values(github, ui_url="http://prefect.example.test", **overrides)
+    )
 
 
 def test_code_change_pushes_dispatches_by_digest_and_reports_success(
     pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
 ) -> None:
     sample, base, head = pr
-    state = run(
-        settings_for(sample, registry, github),
+    state = run_image(
+        github_settings(sample, registry, github),
         repository=sample.app.repository,
         pr_number=5,
         head_sha=head,
@@ -110,8 +80,8 @@ def test_docs_only_change_builds_nothing_and_says_so(
     sample, _base, code_head = pr
     docs_head = sample.app.commit({"docs/guide.md": "# guide\n", "README.md": "# new readme\n"}, "docs")
     github.add_pull(sample.app.repository, 6, head_sha=docs_head, base_sha=code_head)
-    state = run(
-        settings_for(sample, registry, github),
+    state = run_image(
+        github_settings(sample, registry, github),
         repository=sample.app.repository,
         pr_number=6,
         head_sha=docs_head,
@@ -141,8 +111,8 @@ def test_fork_policy(
     github.add_pull(
         sample.app.repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork", labels=labels
     )
-    state = run(
-        settings_for(sample, registry, github, fork_policy=policy),
+    state = run_image(
+        github_settings(sample, registry, github, fork_policy=policy),
         repository=sample.app.repository,
         pr_number=5,
         head_sha=head,
@@ -167,8 +137,8 @@ def test_stale_sha_is_pushed_but_does_not_roll_the_preview_back(
     sample, base, head = pr
     newer = sample.app.commit({"src/main.txt": "app main v3\n"}, "newer push")
     github.set_head(sample.app.repository, 5, newer)
-    state = run(
-        settings_for(sample, registry, github),
+    state = run_image(
+        github_settings(sample, registry, github),
         repository=sample.app.repository,
         pr_number=5,
         head_sha=head,
@@ -189,8 +159,11 @@ def test_failed_build_reports_failure_and_github_outage_never_fails_a_build(
     sample, base, _head = pr
     broken = sample.app.commit({"Dockerfile": "FROM previews-test/busybox:1\nRUN exit 7\n"}, "broken")
     github.add_pull(sample.app.repository, 9, head_sha=broken, base_sha=base)
-    state = run(
-        settings_for(sample, registry, github), repository=sample.app.repository, pr_number=9, head_sha=broken
+    state = run_image(
+        github_settings(sample, registry, github),
+        repository=sample.app.repository,
+        pr_number=9,
+        head_sha=broken,
     )
     assert state.is_failed()
     assert isinstance(state.result(raise_on_failure=False), BuildError)
@@ -199,8 +172,11 @@ def test_failed_build_reports_failure_and_github_outage_never_fails_a_build(
     fixed = sample.app.commit({"Dockerfile": APP_DOCKERFILE}, "fix the build")
     github.add_pull(sample.app.repository, 9, head_sha=fixed, base_sha=base)
     github.fail_server_error("POST", f"/repos/{sample.app.repository}/statuses/{fixed}", times=50, status=502)
-    state = run(
-        settings_for(sample, registry, github), repository=sample.app.repository, pr_number=9, head_sha=fixed
+    state = run_image(
+        github_settings(sample, registry, github),
+        repository=sample.app.repository,
+        pr_number=9,
+        head_sha=fixed,
     )
     assert state.is_completed(), state.message
     assert state.result().status == "pushed"
@@ -210,10 +186,12 @@ def test_failed_build_reports_failure_and_github_outage_never_fails_a_build(
 
 def test_closed_pr_sends_teardown(github: FakeGitHub, registry: Registry, remotes_root: Path) -> None:
     sample = make_sample(remotes_root, f"td-{uuid.uuid4().hex[:8]}")
-    with use_settings(settings_for(sample, registry, github)):
-        state = preview_teardown(
-            repository=sample.app.repository, pr_number=12, delivery="d-9", return_state=True
-        )
+    state = run_teardown(
+        github_settings(sample, registry, github),
+        repository=sample.app.repository,
+        pr_number=12,
+        delivery="d-9",
+    )
     assert state.is_completed(), state.message
     (dispatch,) = github.dispatches_to(INFRA)
     assert dispatch == {

@@ -13,13 +13,12 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.states import Cancelled, Running, State
+from prefect.states import Cancelled, Running
 from pydantic import SecretStr
 
-from flows.common import use_settings
-from flows.preview_cleanup import CleanupResult, preview_cleanup
 from previews.registry.oci import OciRegistry
 from previews.settings import Settings
+from tests.conftest import run_cleanup
 from tests.support.fake_github import FakeGitHub
 from tests.support.oci_images import put_config_image
 from tests.support.services import Registry
@@ -74,12 +73,6 @@ async def _events(name: str, since: datetime) -> list[dict[str, Any]]:
         return events
 
 
-def run(settings: Settings, dry_run: bool) -> State[CleanupResult]:
-    with use_settings(settings):
-        state: State[CleanupResult] = preview_cleanup(dry_run=dry_run, return_state=True)
-    return state
-
-
 def test_cleanup_flow_dry_run_then_apply(registry: Registry) -> None:
     repo = f"cleanuptest/flow-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
@@ -117,14 +110,14 @@ def test_cleanup_flow_dry_run_then_apply(registry: Registry) -> None:
         )
         in_flight = asyncio.run(_start_in_flight_run(3, SHA[3]))
         try:
-            dry = run(settings, dry_run=True)
+            dry = run_cleanup(settings, dry_run=True)
             assert dry.is_completed()
             dry_result = dry.result()
             assert set(registry.tags(repo)) == before
             assert (dry_result.planned_removals, dry_result.removed) == (2, 0)
 
             started = datetime.now(UTC) - timedelta(seconds=5)
-            applied = run(settings, dry_run=False)
+            applied = run_cleanup(settings, dry_run=False)
         finally:
             asyncio.run(_finish(in_flight))
 

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from prefect.states import State
 from pydantic import SecretStr
 
-from flows.common import use_settings
-from flows.preview_image import preview_image
 from previews.core.outcome import PreviewResult
 from previews.errors import AuthError, BuildError, ValidationError
 from previews.settings import Settings
+from tests.conftest import params_for, run_image, settings_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.prefect_api import flow_run_logs, task_run_counts
-from tests.support.sample import SampleProject, make_sample
+from tests.support.sample import SampleProject
 from tests.support.services import Registry
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
@@ -28,46 +23,10 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
 GIT_TOKEN = "ghp_test-git-token-must-not-leak-0123456789"
 
 
-@pytest.fixture
-def sample(remotes_root: Path) -> SampleProject:
-    return make_sample(remotes_root, f"Owner-{uuid.uuid4().hex[:8]}")
-
-
-def settings_for(sample: SampleProject, reg: Registry, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "registry": reg.host,
-        "registry_username": reg.username,
-        "registry_token": SecretStr(reg.password),
-        "git_url_template": sample.git_url_template,
-        "git_token": SecretStr(GIT_TOKEN),
-        "siblings": sample.siblings,
-        "build_context": "..",
-        "dockerfile": "Dockerfile",
-        "build_args": "GREETING=from-build-arg",
-        "retry_delay": 0.2,
-        "retries": 3,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def run(settings: Settings, **params: Any) -> State[Any]:
-    with use_settings(settings):
-        state: State[Any] = preview_image(**params, return_state=True)
-    return state
-
-
-def params_for(sample: SampleProject, pr: int = 7, sha: str | None = None) -> dict[str, Any]:
-    return {"repository": sample.app.repository, "pr_number": pr, "head_sha": sha or sample.head_sha}
-
-
-@pytest.fixture
-def image_cleanup(docker_client: docker.DockerClient) -> Iterator[list[str]]:
-    refs: list[str] = []
-    yield refs
-    for ref in refs:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(ref, force=True)
+def settings_with_token(sample: SampleProject, reg: Registry, **overrides: Any) -> Settings:
+    """The shared settings with a git token (it must never leak) and a build arg the image shows."""
+    values = {"git_token": SecretStr(GIT_TOKEN), "build_args": "GREETING=from-build-arg", **overrides}
+    return settings_for(sample, reg, **values)
 
 
 def test_happy_path_pushes_pr_tag_with_labels_and_siblings(
@@ -77,8 +36,8 @@ def test_happy_path_pushes_pr_tag_with_labels_and_siblings(
     image_cleanup: list[str],
     tmp_path: Path,
 ) -> None:
-    settings = settings_for(sample, registry, workspace_root=tmp_path)
-    state = run(settings, **params_for(sample))
+    settings = settings_with_token(sample, registry, workspace_root=tmp_path)
+    state = run_image(settings, **params_for(sample))
     assert state.is_completed(), state.message
     assert list(tmp_path.iterdir()) == []  # workspace removed
     result = state.result()
@@ -117,8 +76,9 @@ def test_short_sha_is_resolved_against_the_pr_head(
     sample: SampleProject, registry: Registry, image_cleanup: list[str]
 ) -> None:
     sample.app.push_pr_ref(8, sample.head_sha)
-    state = run(
-        settings_for(sample, registry, tag_sha_length=12), **params_for(sample, pr=8, sha=sample.head_sha[:9])
+    state = run_image(
+        settings_with_token(sample, registry, tag_sha_length=12),
+        **params_for(sample, pr=8, sha=sample.head_sha[:9]),
     )
     assert state.is_completed(), state.message
     result = state.result()
@@ -129,8 +89,8 @@ def test_short_sha_is_resolved_against_the_pr_head(
 
 
 def test_missing_credentials_is_a_soft_skip(sample: SampleProject, registry: Registry) -> None:
-    settings = settings_for(sample, registry, registry_token=None)
-    state = run(settings, **params_for(sample))
+    settings = settings_with_token(sample, registry, registry_token=None)
+    state = run_image(settings, **params_for(sample))
     assert state.is_completed()
     assert state.message is not None
     assert "skipped: no push credentials" in state.message
@@ -153,7 +113,7 @@ def test_missing_credentials_is_a_soft_skip(sample: SampleProject, registry: Reg
 def test_invalid_input_fails_fast_naming_the_field(
     sample: SampleProject, registry: Registry, field: str, params: dict[str, Any]
 ) -> None:
-    state = run(settings_for(sample, registry), **{**params_for(sample), **params})
+    state = run_image(settings_with_token(sample, registry), **{**params_for(sample), **params})
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, ValidationError)
@@ -163,8 +123,8 @@ def test_invalid_input_fails_fast_naming_the_field(
 
 
 def test_wrong_password_fails_without_retry(sample: SampleProject, registry: Registry) -> None:
-    settings = settings_for(sample, registry, registry_token=SecretStr("definitely-wrong-password"))
-    state = run(settings, **params_for(sample))
+    settings = settings_with_token(sample, registry, registry_token=SecretStr("definitely-wrong-password"))
+    state = run_image(settings, **params_for(sample))
     assert state.is_failed()
     assert isinstance(state.result(raise_on_failure=False), AuthError)
     assert task_run_counts(state)["push"] == 1
@@ -177,7 +137,7 @@ def test_registry_503s_are_retried_then_push_succeeds(
 ) -> None:
     with FaultProxy(upstream=registry.host) as proxy:
         proxy.fail_next(3, status=503, path=r"^/v2/$")  # the engine's ping before each push attempt
-        state = run(settings_for(sample, registry, registry=proxy.host), **params_for(sample))
+        state = run_image(settings_with_token(sample, registry, registry=proxy.host), **params_for(sample))
         assert state.is_completed(), state.message
         assert proxy.faults_served == 3
     result = state.result()
@@ -193,7 +153,7 @@ def test_failing_dockerfile_raises_build_error_with_log_tail(
     head = sample.app.commit(
         {"Dockerfile": "FROM previews-test/busybox:1\nRUN echo kaboom-marker && exit 3\n"}, "break the build"
     )
-    state = run(settings_for(sample, registry), **params_for(sample, sha=head))
+    state = run_image(settings_with_token(sample, registry), **params_for(sample, sha=head))
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, BuildError)
@@ -213,7 +173,9 @@ def test_unknown_sha_fails_clearly_and_leaves_no_workspace(
     sample: SampleProject, registry: Registry, tmp_path: Path
 ) -> None:
     unknown = "f" * 40
-    failed = run(settings_for(sample, registry, workspace_root=tmp_path), **params_for(sample, sha=unknown))
+    failed = run_image(
+        settings_with_token(sample, registry, workspace_root=tmp_path), **params_for(sample, sha=unknown)
+    )
     assert failed.is_failed()
     assert unknown in str(failed.result(raise_on_failure=False))
     assert list(tmp_path.iterdir()) == []
@@ -222,7 +184,7 @@ def test_unknown_sha_fails_clearly_and_leaves_no_workspace(
 def test_fork_from_the_event_is_skipped_by_default_without_github(
     sample: SampleProject, registry: Registry
 ) -> None:
-    state = run(settings_for(sample, registry), **params_for(sample), fork=True, labels=["bug"])
+    state = run_image(settings_with_token(sample, registry), **params_for(sample), fork=True, labels=["bug"])
     assert state.is_completed()
     assert state.result().status == "skipped"
     assert "fork PR" in (state.message or "")
@@ -231,7 +193,7 @@ def test_fork_from_the_event_is_skipped_by_default_without_github(
 
 
 def test_wrongly_typed_event_values_are_refused(sample: SampleProject, registry: Registry) -> None:
-    state = run(settings_for(sample, registry), **params_for(sample), fork="yes")
+    state = run_image(settings_with_token(sample, registry), **params_for(sample), fork="yes")
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, ValidationError)

@@ -3,7 +3,6 @@ the real Docker engine, the real registry and real git remotes."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,9 +15,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled, Scheduled
 from pydantic import SecretStr
 
-from flows.common import use_settings
 from flows.preview_image import preview_image
-from previews.settings import Settings
+from tests.conftest import run_image, settings_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.prefect_api import flow_run_logs, task_run_counts
 from tests.support.sample import SampleProject, make_sample
@@ -65,26 +63,6 @@ def env_for(sample: SampleProject, reg: Registry, workspace_root: Path) -> dict[
     }
 
 
-def settings_for(sample: SampleProject, reg: Registry, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "registry": reg.host,
-        "registry_username": reg.username,
-        "registry_token": SecretStr(reg.password),
-        "git_url_template": sample.git_url_template,
-        "siblings": sample.siblings,
-        "build_context": "..",
-        "retry_delay": 0.1,
-        "retries": 1,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def run(settings: Settings, **params: Any) -> Any:
-    with use_settings(settings):
-        return preview_image(**params, return_state=True)
-
-
 @pytest.fixture(scope="module")
 def served_sample(remotes_root: Path) -> SampleProject:
     return make_sample(remotes_root, f"Sup-{uuid.uuid4().hex[:8]}")
@@ -100,20 +78,6 @@ def served(
     env = env_for(served_sample, registry, workspace_root)
     with serve_preview_image(env, log=session_dir / "served.log") as deployment:
         yield deployment, workspace_root
-
-
-@pytest.fixture
-def sample(remotes_root: Path) -> SampleProject:
-    return make_sample(remotes_root, f"Re-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def image_cleanup(docker_client: docker.DockerClient) -> Iterator[list[str]]:
-    refs: list[str] = []
-    yield refs
-    for ref in refs:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(ref, force=True)
 
 
 def sleeping_containers(client: docker.DockerClient, marker: str) -> list[str]:
@@ -196,14 +160,14 @@ def test_same_sha_twice_builds_once(
 def test_rerun_of_a_published_sha_builds_nothing_and_reports_the_same_digest(
     sample: SampleProject, registry: Registry, image_cleanup: list[str]
 ) -> None:
-    settings = settings_for(sample, registry)
+    settings = settings_for(sample, registry, retries=1)
     params = {"repository": sample.app.repository, "pr_number": 41, "head_sha": sample.head_sha}
-    first = run(settings, **params)
+    first = run_image(settings, **params)
     assert first.is_completed(), first.message
     image_cleanup.append(first.result().image)
     assert "build" in task_run_counts(first)
 
-    again = run(settings, **params)
+    again = run_image(settings, **params)
     assert again.is_completed(), again.message
     result = again.result()
     assert result.status == "pushed"
@@ -217,11 +181,13 @@ def test_rerun_of_a_published_sha_builds_nothing_and_reports_the_same_digest(
     assert sum(result.durations_s.values()) < sum(first.result().durations_s.values())
 
     # another build setting (a build arg) is another fingerprint: rebuilt, same tag
-    changed = run(settings_for(sample, registry, build_args="GREETING=other"), **params)
+    changed = run_image(settings_for(sample, registry, retries=1, build_args="GREETING=other"), **params)
     assert changed.is_completed(), changed.message
     assert "build" in task_run_counts(changed)
 
-    forced = run(settings_for(sample, registry, build_args="GREETING=other"), **params, force_rebuild=True)
+    forced = run_image(
+        settings_for(sample, registry, retries=1, build_args="GREETING=other"), **params, force_rebuild=True
+    )
     assert forced.is_completed(), forced.message
     assert {"build", "push"} <= set(task_run_counts(forced))
     assert registry.tags(sample.app.repository.lower()) == [f"pr-41-{sample.head_sha}"]
@@ -233,15 +199,15 @@ def test_rerun_after_a_failed_push_completes(
     params = {"repository": sample.app.repository, "pr_number": 42, "head_sha": sample.head_sha}
     with FaultProxy(upstream=registry.host) as proxy:
         proxy.fail_next(10_000, status=503, method="PUT", path="/manifests/")  # every push fails at its end
-        settings = settings_for(sample, registry, registry=proxy.host)
-        failed = run(settings, **params)
+        settings = settings_for(sample, registry, retries=1, registry=proxy.host)
+        failed = run_image(settings, **params)
         assert failed.is_failed()
         assert task_run_counts(failed)["push"] == 2
         assert proxy.faults_served == 2
         assert registry.tags(sample.app.repository.lower()) == []
 
         proxy.clear()
-        again = run(settings, **params)
+        again = run_image(settings, **params)
         assert again.is_completed(), again.message
     result = again.result()
     image_cleanup.extend(
@@ -264,16 +230,16 @@ def test_cache_from_warms_a_cold_engine(
 ) -> None:
     marker = f"cache-{uuid.uuid4().hex[:8]}"
     first_sha = sample.app.commit({"Dockerfile": unique_dockerfile(marker)}, "unique chain")
-    settings = settings_for(sample, registry)
-    first = run(settings, repository=sample.app.repository, pr_number=43, head_sha=first_sha)
+    settings = settings_for(sample, registry, retries=1)
+    first = run_image(settings, repository=sample.app.repository, pr_number=43, head_sha=first_sha)
     assert first.is_completed(), first.message
     assert first.result().cached_steps == 0
 
     one_line = sample.app.commit({"src/main.txt": "app main v2\n"}, "one-line change")
     remove_local_images(docker_client, sample.app.repository)
     try:
-        cold = run(
-            settings_for(sample, registry, cache_from_enabled=False),
+        cold = run_image(
+            settings_for(sample, registry, retries=1, cache_from_enabled=False),
             repository=sample.app.repository,
             pr_number=44,
             head_sha=one_line,
@@ -283,7 +249,7 @@ def test_cache_from_warms_a_cold_engine(
         assert "Using cache" not in flow_run_logs(cold)
 
         remove_local_images(docker_client, sample.app.repository)
-        warm = run(settings, repository=sample.app.repository, pr_number=43, head_sha=one_line)
+        warm = run_image(settings, repository=sample.app.repository, pr_number=43, head_sha=one_line)
         assert warm.is_completed(), warm.message
         logs = flow_run_logs(warm)
         assert (
@@ -299,8 +265,8 @@ def test_cache_from_warms_a_cold_engine(
         # a PR without images of its own falls back to the configured base-branch image
         remove_local_images(docker_client, sample.app.repository)
         base_image = f"{registry.host}/{sample.app.repository.lower()}:pr-43-{first_sha}"
-        fallback = run(
-            settings_for(sample, registry, cache_from_fallback=base_image),
+        fallback = run_image(
+            settings_for(sample, registry, retries=1, cache_from_fallback=base_image),
             repository=sample.app.repository,
             pr_number=47,
             head_sha=one_line,
@@ -310,8 +276,10 @@ def test_cache_from_warms_a_cold_engine(
         assert (fallback.result().cached_steps or 0) >= 4
 
         # an image that cannot be pulled only costs the cache
-        missing = run(
-            settings_for(sample, registry, cache_from_fallback=f"{registry.host}/nope/missing:pr-1-abcdef0"),
+        missing = run_image(
+            settings_for(
+                sample, registry, retries=1, cache_from_fallback=f"{registry.host}/nope/missing:pr-1-abcdef0"
+            ),
             repository=sample.app.repository,
             pr_number=48,
             head_sha=one_line,
@@ -351,7 +319,7 @@ def test_a_run_cancels_an_older_queued_run_and_marks_its_commit_superseded(
         settings = settings_for(
             sample, registry, github_api_url=github.url, github_token=SecretStr(github.token)
         )
-        state = run(settings, repository=sample.app.repository, pr_number=45, head_sha=new_sha)
+        state = run_image(settings, repository=sample.app.repository, pr_number=45, head_sha=new_sha)
         assert state.is_completed(), state.message
         image_cleanup.append(state.result().image)
 
@@ -386,8 +354,11 @@ def test_a_run_superseded_while_building_stops_before_the_push(
     outcome: list[Any] = []
     worker = threading.Thread(
         target=lambda: outcome.append(
-            run(
-                settings_for(sample, registry), repository=sample.app.repository, pr_number=49, head_sha=sha_a
+            run_image(
+                settings_for(sample, registry, retries=1),
+                repository=sample.app.repository,
+                pr_number=49,
+                head_sha=sha_a,
             )
         )
     )

@@ -12,7 +12,6 @@ from pydantic import SecretStr
 from previews.errors import AuthError, GitHubNotFoundError, ValidationError
 from previews.github.app_auth import AppCredentials, InstallationToken, InstallationTokenCache, app_jwt
 from previews.github.client import GitHubClient
-from previews.settings import Settings
 from tests.support.fake_github import FakeGitHub, generate_app_key
 
 REPO = "acme/app"
@@ -162,24 +161,6 @@ def test_token_minting_survives_a_server_error(gh: FakeGitHub) -> None:
     with app_client(gh, key) as c:
         assert c.get_pull(REPO, 1).number == 1
     assert [r.status for r in gh.requests_to("POST", TOKENS)] == [502, 201]
-
-
-def test_from_settings_builds_an_app_client(gh: FakeGitHub) -> None:
-    key = gh.enable_app()
-    gh.add_pull(REPO, 1, head_sha=HEAD)
-    settings = Settings(
-        github_api_url=gh.url,
-        github_app_id=12345,
-        github_app_private_key=SecretStr(key),
-        github_app_installation_id=67890,
-        github_token=SecretStr("ignored-when-an-app-is-configured"),
-    )
-    client = GitHubClient.from_settings(settings)
-    assert client is not None
-    with client:
-        assert repr(client).endswith("auth=app)")
-        client.get_pull(REPO, 1)
-    assert len(gh.issued_tokens) == 1
 
 
 def test_installation_token_parsing() -> None:

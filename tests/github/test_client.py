@@ -19,7 +19,6 @@ from previews.errors import (
     ValidationError,
 )
 from previews.github.client import GitHubClient, PullRequestInfo
-from previews.settings import Settings
 from tests.support.fake_github import FakeGitHub
 from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
 from tests.support.services import free_port
@@ -362,14 +361,6 @@ def test_inputs_are_validated_before_any_request(
         c.get_pull(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
     assert gh.requests == []
-
-
-def test_from_settings_picks_the_credentials() -> None:
-    assert GitHubClient.from_settings(Settings()) is None
-    with GitHubClient.from_settings(Settings(github_token=SecretStr("t"))) as c:  # type: ignore[union-attr]
-        assert repr(c) == "GitHubClient(base_url='https://api.github.com', auth=token)"
-    with pytest.raises(ValidationError, match="together"):
-        GitHubClient.from_settings(Settings(github_app_id=1))
 
 
 def test_token_and_app_together_are_refused() -> None:

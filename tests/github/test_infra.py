@@ -20,6 +20,7 @@ from previews.errors import (
 from previews.github import infra
 from previews.github.client import GitHubClient, validate_dispatch
 from previews.settings import Settings
+from previews.wiring import Wiring
 from tests.support.fake_github import FakeGitHub, InfraWebhookReceiver
 
 REPO = "Acme/App"
@@ -110,14 +111,14 @@ def test_a_closed_pr_gets_no_preview(gh: FakeGitHub, github: GitHubClient) -> No
 
 def test_no_target_is_a_soft_skip(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    result = create(infra.target_from_settings(Settings(), None), None)
+    result = create(infra.NoTarget(), None)
     assert (result.sent, result.target) == (False, None)
     assert result.reason == "no infra target configured; nobody was notified"
     assert result.reason in caplog.text
 
 
 def test_infra_repository_without_github_credentials_says_so() -> None:
-    target = infra.target_from_settings(Settings(infra_repository=INFRA), None)
+    target = Wiring(Settings(infra_repository=INFRA)).infra_target(None)
     assert isinstance(target, infra.NoTarget)
     result = create(target, None)
     assert result.sent is False
@@ -309,22 +310,6 @@ def test_webhook_target_settings_are_validated(url: str, secret: str, field: str
     with pytest.raises(ValidationError) as info:
         infra.WebhookTarget(url, SecretStr(secret))
     assert field in info.value.field
-
-
-def test_target_from_settings_prefers_the_infra_repository(github: GitHubClient) -> None:
-    both = Settings(
-        infra_repository=INFRA,
-        infra_webhook_url="https://infra.example/hook",
-        infra_webhook_secret=SecretStr("k"),
-    )
-    assert isinstance(infra.target_from_settings(both, github), infra.GitHubDispatchTarget)
-    hook_only = Settings(infra_webhook_url="https://infra.example/hook", infra_webhook_secret=SecretStr("k"))
-    target = infra.target_from_settings(hook_only, None)
-    assert isinstance(target, infra.WebhookTarget)
-    assert repr(target) == "WebhookTarget('https://infra.example/hook')"
-    no_secret = infra.target_from_settings(Settings(infra_webhook_url="https://infra.example/hook"), None)
-    assert isinstance(no_secret, infra.NoTarget)
-    assert "SECRET" in no_secret.reason
 
 
 @pytest.mark.parametrize(

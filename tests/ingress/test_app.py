@@ -17,9 +17,9 @@ from pydantic import SecretStr
 
 from previews.core.events import event_id
 from previews.errors import ValidationError
-from previews.ingress.app import create_app
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
+from previews.wiring import Wiring
 from tests.support.webhooks import (
     SECRET,
     WEBHOOKS,
@@ -232,7 +232,7 @@ def test_repository_outside_the_allow_list_is_403(tmp_path: Path) -> None:
 
 def test_bad_allow_list_is_refused_at_startup(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="PREVIEWS_ALLOWED_REPOSITORIES"):
-        create_app(make_settings(tmp_path, allowed_repositories="acme/api,not a repo"))
+        Wiring(make_settings(tmp_path, allowed_repositories="acme/api,not a repo")).receiver_app()
 
 
 def test_without_a_secret_unsigned_deliveries_pass(tmp_path: Path) -> None:

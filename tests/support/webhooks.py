@@ -17,9 +17,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from previews.github.webhooks import sign
-from previews.ingress.app import create_app
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
+from previews.wiring import Wiring
 from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
 from tests.support.services import free_port
 
@@ -105,7 +105,7 @@ class Receiver:
 def run_receiver(settings: Settings, *, forwarder_enabled: bool = True) -> Iterator[Receiver]:
     """The real receiver under uvicorn in a thread on a free port."""
     port = free_port()
-    app = create_app(settings, forwarder_enabled=forwarder_enabled)
+    app = Wiring(settings).receiver_app(forwarder_enabled=forwarder_enabled)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
