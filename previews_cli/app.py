@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from previews import stack
 from previews.errors import PreviewsError, ValidationError
+from previews.local import stack
 from previews_cli import receiver
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
