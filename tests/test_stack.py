@@ -14,7 +14,7 @@ import pytest
 from tests.support.console import PREVIEWS
 from tests.support.services import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]  # starts the whole local stack
 
 
 def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> None:

@@ -133,6 +133,45 @@ class PullRequestEvent:
         }
 
 
+def _same_base_repository(base: Mapping[str, Any], repository: str) -> None:
+    """The PR's base repository, when given, is the delivery's repository (case aside)."""
+    base_repo = base.get("repo")
+    if base_repo is None:
+        return
+    base_name = parse_repository(
+        _object(base_repo, "pull_request.base.repo").get("full_name"),
+        field="pull_request.base.repo.full_name",
+    )
+    if base_name.lower() != repository.lower():
+        raise ValidationError(
+            "pull_request.base.repo.full_name", f"{base_name!r} differs from repository {repository!r}"
+        )
+
+
+def _head_repository(head: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The head repository's name and clone URL; both None for a deleted fork (``head.repo`` null)."""
+    head_repo = head.get("repo")
+    if head_repo is None:
+        return None, None
+    head_obj = _object(head_repo, "pull_request.head.repo")
+    name = parse_repository(head_obj.get("full_name"), field="pull_request.head.repo.full_name")
+    if head_obj.get("clone_url") is None:
+        return name, None
+    field = "pull_request.head.repo.clone_url"
+    return name, _match(_CLONE_URL_RE, head_obj["clone_url"], field, "an http(s) clone URL")
+
+
+def _labels(raw: object) -> tuple[str, ...]:
+    """The PR's label names (at most MAX_LABELS)."""
+    items = raw or []
+    if not isinstance(items, list) or len(items) > MAX_LABELS:
+        raise ValidationError("pull_request.labels", f"must be a list of at most {MAX_LABELS} labels")
+    return tuple(
+        _label(_object(item, f"pull_request.labels[{i}]").get("name"), f"pull_request.labels[{i}].name")
+        for i, item in enumerate(items)
+    )
+
+
 def parse_pull_request_event(payload: Mapping[str, Any], *, delivery: str) -> PullRequestEvent:
     """Validate a GitHub ``pull_request`` payload; raise :class:`ValidationError` naming the bad field."""
     delivery_id = parse_delivery_id(delivery)
@@ -147,41 +186,12 @@ def parse_pull_request_event(payload: Mapping[str, Any], *, delivery: str) -> Pu
     )
     head = _object(pr.get("head"), "pull_request.head")
     base = _object(pr.get("base"), "pull_request.base")
-    base_repo = base.get("repo")
-    if base_repo is not None:
-        base_name = parse_repository(
-            _object(base_repo, "pull_request.base.repo").get("full_name"),
-            field="pull_request.base.repo.full_name",
-        )
-        if base_name.lower() != repository.lower():
-            raise ValidationError(
-                "pull_request.base.repo.full_name", f"{base_name!r} differs from repository {repository!r}"
-            )
-    head_repo = head.get("repo")
-    head_repository: str | None = None
-    clone_url: str | None = None
-    if head_repo is not None:
-        head_obj = _object(head_repo, "pull_request.head.repo")
-        head_repository = parse_repository(
-            head_obj.get("full_name"), field="pull_request.head.repo.full_name"
-        )
-        if head_obj.get("clone_url") is not None:
-            clone_url = _match(
-                _CLONE_URL_RE,
-                head_obj["clone_url"],
-                "pull_request.head.repo.clone_url",
-                "an http(s) clone URL",
-            )
+    _same_base_repository(base, repository)
+    head_repository, clone_url = _head_repository(head)
     state = pr.get("state")
     if state not in ("open", "closed"):
         raise ValidationError("pull_request.state", f"{str(state)[:20]!r} is not open or closed")
-    raw_labels = pr.get("labels") or []
-    if not isinstance(raw_labels, list) or len(raw_labels) > MAX_LABELS:
-        raise ValidationError("pull_request.labels", f"must be a list of at most {MAX_LABELS} labels")
-    labels = tuple(
-        _label(_object(item, f"pull_request.labels[{i}]").get("name"), f"pull_request.labels[{i}].name")
-        for i, item in enumerate(raw_labels)
-    )
+    labels = _labels(pr.get("labels"))
     sender = _match(
         _LOGIN_RE, _object(body.get("sender"), "sender").get("login"), "sender.login", "a GitHub login"
     )
