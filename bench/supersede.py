@@ -44,7 +44,7 @@ import docker  # noqa: E402
 from prefect.client.schemas.objects import StateType  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from flows.preview_image import preview_image_flow  # noqa: E402
+from flows.preview_image import preview_image  # noqa: E402
 from previews.settings import Settings  # noqa: E402
 from previews.wiring import Wiring  # noqa: E402
 from tests.support.served import (  # noqa: E402
@@ -83,7 +83,7 @@ def settings(reg: Registry, remote: Remote, **overrides: Any) -> Settings:
 
 def run_flow(config: Settings, **params: Any) -> tuple[float, Any]:
     start = time.monotonic()
-    state = preview_image_flow(lambda: Wiring(config))(**params, return_state=True)
+    state = preview_image.over(lambda: Wiring(config))(**params, return_state=True)
     took = time.monotonic() - start
     if not state.is_completed():
         raise RuntimeError(f"run failed: {state.message}")

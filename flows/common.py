@@ -1,9 +1,9 @@
-"""What every flow shares: where its composition root comes from, the one retry layer, step timing.
+"""What every flow shares: how it receives its composition root, the one retry layer, step timing.
 
-Each flow is built over a :data:`WiringSource`, a function that returns the run's composition root. The
-deployed flows (the module-level ``preview_image`` and friends, the entrypoints in prefect.yaml) use
-:func:`blocks.load_wiring`: the environment and the named blocks, read when the run starts. The CLI and the
-tests build the same flow over the values they hold. Nothing reaches a flow through a global.
+A flow's body takes its composition root as a keyword argument, ``wiring``, that is not a flow parameter
+(:func:`wired_flow`). The deployed flow (the module-level name, the entrypoint in prefect.yaml) gets it from
+:func:`blocks.load_wiring` when the run starts: the environment, then the named blocks. The CLI and the tests
+run the same flow ``.over()`` the values they hold. Nothing reaches a flow through a global.
 
 Retries live here and nowhere else in a flow's work: Prefect task retries (visible in the UI), counted and
 spaced by ``PREVIEWS_RETRIES`` / ``PREVIEWS_RETRY_DELAY``, for transient errors only, after at least the
@@ -12,15 +12,18 @@ wait the remote asked for (:mod:`previews.core.retry`). Adapters make one attemp
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from prefect import Task, get_run_logger
+from prefect import Flow, Task, get_run_logger
 from prefect.client.schemas.objects import State, TaskRun
 
+from blocks import load_wiring
 from previews.core.outcome import NotifyResult
 from previews.core.retry import MAX_RETRY_AFTER, backoff, planned_delay, retry_wait
 from previews.settings import Settings
@@ -29,6 +32,40 @@ from previews.wiring import Wiring
 WiringSource = Callable[[], Wiring]
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class WiredFlow(Flow[..., R]):
+    """A flow over one source of its composition root; :meth:`over` gives the same flow over another.
+
+    The body's signature without ``wiring`` is the flow's signature (its parameters in the UI, the API, the
+    event triggers); each run calls ``source()`` once and hands the result to the body.
+    """
+
+    def __init__(self, body: Callable[..., R], source: WiringSource, **options: Any) -> None:
+        signature = inspect.signature(body, eval_str=True)
+        public = [p for p in signature.parameters.values() if p.name != "wiring"]
+
+        @functools.wraps(body)
+        def run(*args: Any, **kwargs: Any) -> R:
+            return body(*args, **kwargs, wiring=source())
+
+        run.__signature__ = signature.replace(parameters=public)  # type: ignore[attr-defined]
+        run.__annotations__ = {k: v for k, v in body.__annotations__.items() if k != "wiring"}
+        super().__init__(fn=run, **options)
+        self.body, self.source, self.options = body, source, options
+
+    def over(self, source: WiringSource) -> WiredFlow[R]:
+        """This flow with its composition root from ``source`` (a test's or the CLI's values)."""
+        return WiredFlow(self.body, source, **self.options)
+
+
+def wired_flow(**options: Any) -> Callable[[Callable[..., R]], WiredFlow[R]]:
+    """``@flow(**options)`` for a body that takes ``wiring``: deployed, the environment and the blocks."""
+
+    def decorate(body: Callable[..., R]) -> WiredFlow[R]:
+        return WiredFlow(body, load_wiring, **options)
+
+    return decorate
 
 
 class TransientOnly:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import Flow, flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
@@ -19,8 +19,7 @@ from prefect.events import emit_event
 from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict
 
-from blocks import load_wiring
-from flows.common import WiringSource, retry_transient_only, retrying
+from flows.common import retry_transient_only, retrying, wired_flow
 from previews.core.names import parse_repository
 from previews.core.retention import (
     ImageVersion,
@@ -225,28 +224,19 @@ def _report(image: str, dry_run: bool, plan: Plan, report: ApplyReport | None) -
     return result
 
 
-def preview_cleanup_flow(load: WiringSource = load_wiring) -> Flow[..., State[CleanupResult]]:
-    """The preview-cleanup flow over a composition root (deployed: the environment and blocks)."""
-
-    def preview_cleanup(dry_run: bool = True) -> State[CleanupResult]:
-        """Plan (and unless ``dry_run``, carry out) the removal of stale ``pr-*`` tags of the configured image."""
-        wiring = load()
-        settings, image = wiring.settings, wiring.cleanup_image()
-        target = wiring.cleanup_target()
-        try:
-            plan = _plan(wiring, target)
-            report = None
-            if not dry_run:
-                report = apply_cleanup(
-                    plan, target, settings.registry, image, settings.retries, settings.retry_delay
-                )
-        finally:
-            target.close()
-        result = _report(image, dry_run, plan, report)
-        return Completed(message=result.summary, data=result)
-
-    preview_cleanup.__qualname__ = preview_cleanup.__name__  # deployments load the module-level flow
-    return flow(name="preview-cleanup", validate_parameters=True)(preview_cleanup)
-
-
-preview_cleanup = preview_cleanup_flow()
+@wired_flow(name="preview-cleanup", validate_parameters=True)
+def preview_cleanup(dry_run: bool = True, *, wiring: Wiring) -> State[CleanupResult]:
+    """Plan (and unless ``dry_run``, carry out) the removal of stale ``pr-*`` tags of the configured image."""
+    settings, image = wiring.settings, wiring.cleanup_image()
+    target = wiring.cleanup_target()
+    try:
+        plan = _plan(wiring, target)
+        report = None
+        if not dry_run:
+            report = apply_cleanup(
+                plan, target, settings.registry, image, settings.retries, settings.retry_delay
+            )
+    finally:
+        target.close()
+    result = _report(image, dry_run, plan, report)
+    return Completed(message=result.summary, data=result)

@@ -21,10 +21,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 from uuid import UUID
 
-from prefect import Flow, Task, flow, get_run_logger, task
+from prefect import Flow, Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
@@ -33,8 +33,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 from pydantic import SecretStr
 
-from blocks import load_wiring
-from flows.common import Stopwatch, WiringSource, log_notify, retry_transient_only, retrying
+from flows.common import Stopwatch, WiredFlow, log_notify, retry_transient_only, retrying, wired_flow
 from previews import build_cache, git
 from previews.core import plan, status
 from previews.core.fingerprint import is_published
@@ -73,9 +72,29 @@ def run_name() -> str:
 
 
 @task(name="validate", retries=0, cache_policy=NO_CACHE)
-def validate(config: BuildConfig, parameters: dict[str, Any]) -> PreviewParams:
+def validate(
+    config: BuildConfig,
+    repository: object,
+    pr_number: object,
+    head_sha: object,
+    base_sha: object,
+    fork: object,
+    labels: object,
+    delivery: object,
+    force_rebuild: object,
+) -> PreviewParams:
     """Check every parameter (:func:`previews.core.plan.validate_params`); a bad one fails the run at once."""
-    return plan.validate_params(config, **parameters)
+    return plan.validate_params(
+        config,
+        repository=repository,
+        pr_number=pr_number,
+        head_sha=head_sha,
+        base_sha=base_sha,
+        fork=fork,
+        labels=labels,
+        delivery=delivery,
+        force_rebuild=force_rebuild,
+    )
 
 
 @task(name="supersede", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
@@ -294,54 +313,49 @@ def workspace_for(root: Path | None, run_id: str) -> Path:
     return (root or Path(tempfile.gettempdir())) / f"previews-run-{run_id}"
 
 
-def _workspace_remover(load: WiringSource) -> Any:
-    def remove_run_workspace(flow: Flow[..., object], flow_run: FlowRun, state: State) -> None:
-        """State hook (cancelled, crashed): remove the run's workspace; never raises."""
-        try:
-            git.remove_workspace(workspace_for(load().settings.workspace_root, str(flow_run.id)))
-        except Exception:  # a hook must not mask the run's own outcome
-            logging.getLogger(__name__).warning("could not remove the workspace of run %s", flow_run.id)
-
-    return remove_run_workspace
+def remove_run_workspace(flow: Flow[..., object], flow_run: FlowRun, state: State) -> None:
+    """State hook (cancelled, crashed): remove the run's workspace; never raises."""
+    try:
+        assert isinstance(flow, WiredFlow)
+        git.remove_workspace(workspace_for(flow.source().settings.workspace_root, str(flow_run.id)))
+    except Exception:  # a hook must not mask the run's own outcome
+        logging.getLogger(__name__).warning("could not remove the workspace of run %s", flow_run.id)
 
 
-def preview_image_flow(load: WiringSource = load_wiring) -> Flow[..., State]:
-    """The preview-image flow over a composition root: deployed, the environment and blocks; in tests, values."""
+@wired_flow(
+    name="preview-image",
+    flow_run_name=run_name,
+    validate_parameters=False,
+    on_cancellation=[remove_run_workspace],
+    on_crashed=[remove_run_workspace],
+)
+def preview_image(
+    repository: str,
+    pr_number: int,
+    head_sha: str,
+    base_sha: str | None = None,
+    fork: bool | None = None,
+    labels: list[str] | None = None,
+    delivery: str | None = None,
+    force_rebuild: bool = False,
+    *,
+    wiring: Wiring,
+) -> State:
+    """Build and push the preview image of ``repository``'s PR ``pr_number`` at ``head_sha``.
 
-    def preview_image(
-        repository: str,
-        pr_number: int,
-        head_sha: str,
-        base_sha: str | None = None,
-        fork: bool | None = None,
-        labels: list[str] | None = None,
-        delivery: str | None = None,
-        force_rebuild: bool = False,
-    ) -> State:
-        """Build and push the preview image of ``repository``'s PR ``pr_number`` at ``head_sha``.
-
-        Only ``repository``, ``pr_number`` and ``head_sha`` are needed (a 7-39 character prefix of the PR's
-        head works): the rest is read from GitHub when credentials are configured, and checked against it.
-        ``fork`` and ``labels`` come from the event; ``force_rebuild`` builds even when the registry already
-        has this SHA built the same way.
-        """
-        wiring, clock = load(), Stopwatch()
-        given = {"repository": repository, "pr_number": pr_number, "head_sha": head_sha, "base_sha": base_sha}
-        given |= {"fork": fork, "labels": labels, "delivery": delivery, "force_rebuild": force_rebuild}
-        with clock("validate"):
-            params = validate(wiring.settings.build_config(), given)
-        with _opened(wiring, params, clock) as run:
-            return _reported(run)
-
-    preview_image.__qualname__ = preview_image.__name__  # deployments load the module-level flow by this name
-    hook = _workspace_remover(load)
-    return flow(
-        name="preview-image",
-        flow_run_name=run_name,
-        validate_parameters=False,
-        on_cancellation=[hook],
-        on_crashed=[hook],
-    )(preview_image)
+    Only ``repository``, ``pr_number`` and ``head_sha`` are needed (a 7-39 character prefix of the PR's
+    head works): the rest is read from GitHub when credentials are configured, and checked against it.
+    ``fork`` and ``labels`` come from the event; ``force_rebuild`` builds even when the registry already
+    has this SHA built the same way.
+    """
+    clock = Stopwatch()
+    with clock("validate"):
+        config = wiring.settings.build_config()
+        params = validate(
+            config, repository, pr_number, head_sha, base_sha, fork, labels, delivery, force_rebuild
+        )
+    with _opened(wiring, params, clock) as run:
+        return _reported(run)
 
 
 @contextmanager
@@ -539,6 +553,3 @@ def _finish(run: _Run, result: PreviewResult, update: StatusUpdate | None = None
     key = f"preview-pr-{result.pr_number}" if result.pr_number else "preview-invalid"
     create_markdown_artifact(markdown=summary_markdown(result), key=key, description=result.reason)
     return Completed(message=result.reason, data=result)
-
-
-preview_image = preview_image_flow()

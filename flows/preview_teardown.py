@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from prefect import Flow, flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from blocks import load_wiring
-from flows.common import WiringSource, log_notify, retry_transient_only, retrying
+from flows.common import log_notify, retry_transient_only, retrying, wired_flow
 from previews.core.names import parse_pr_number, parse_repository
 from previews.core.outcome import NotifyResult
 from previews.errors import ValidationError
 from previews.github import infra
+from previews.wiring import Wiring
 
 
 def run_name() -> str:
@@ -36,29 +36,22 @@ def notify_teardown(
     return result
 
 
-def preview_teardown_flow(load: WiringSource = load_wiring) -> Flow[..., State[NotifyResult]]:
-    """The preview-teardown flow over a composition root (deployed: the environment and blocks)."""
-
-    def preview_teardown(repository: str, pr_number: int, delivery: str | None = None) -> State[NotifyResult]:
-        """Tell infra that ``repository``'s PR ``pr_number`` closed, so its preview environment goes away."""
-        wiring = load()
-        repo, number = parse_repository(repository), parse_pr_number(pr_number)
-        github = wiring.github()
-        try:
-            target = wiring.infra_target(github)
-            result = retrying(notify_teardown, wiring.settings)(target, repo, number, delivery)
-        finally:
-            if github is not None:
-                github.close()
-        create_markdown_artifact(
-            key=f"teardown-pr-{number}",
-            markdown=f"## Preview teardown: {repo}#{number}\n\n{result.reason}\n",
-            description=result.reason,
-        )
-        return Completed(message=result.reason, data=result)
-
-    preview_teardown.__qualname__ = preview_teardown.__name__  # deployments load the module-level flow
-    return flow(name="preview-teardown", flow_run_name=run_name, validate_parameters=False)(preview_teardown)
-
-
-preview_teardown = preview_teardown_flow()
+@wired_flow(name="preview-teardown", flow_run_name=run_name, validate_parameters=False)
+def preview_teardown(
+    repository: str, pr_number: int, delivery: str | None = None, *, wiring: Wiring
+) -> State[NotifyResult]:
+    """Tell infra that ``repository``'s PR ``pr_number`` closed, so its preview environment goes away."""
+    repo, number = parse_repository(repository), parse_pr_number(pr_number)
+    github = wiring.github()
+    try:
+        target = wiring.infra_target(github)
+        result = retrying(notify_teardown, wiring.settings)(target, repo, number, delivery)
+    finally:
+        if github is not None:
+            github.close()
+    create_markdown_artifact(
+        key=f"teardown-pr-{number}",
+        markdown=f"## Preview teardown: {repo}#{number}\n\n{result.reason}\n",
+        description=result.reason,
+    )
+    return Completed(message=result.reason, data=result)

@@ -44,13 +44,11 @@ def _build(args: argparse.Namespace) -> int:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
     from blocks import load_wiring
-    from flows.preview_image import preview_image_flow
+    from flows.preview_image import preview_image
     from previews.core.outcome import PreviewResult
 
-    preview_image = preview_image_flow(partial(load_wiring, settings))
-    state = preview_image(
-        repository=args.repository, pr_number=int(args.pr), head_sha=args.sha, return_state=True
-    )
+    run = preview_image.over(partial(load_wiring, settings))
+    state = run(repository=args.repository, pr_number=int(args.pr), head_sha=args.sha, return_state=True)
     run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_completed():
         result = state.result()
@@ -78,11 +76,11 @@ def _cleanup(args: argparse.Namespace) -> int:
     if not (args.debug or args.verbose):
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from blocks import load_wiring
-    from flows.preview_cleanup import CleanupResult, preview_cleanup_flow
+    from flows.preview_cleanup import CleanupResult, preview_cleanup
     from previews.settings import Settings
 
-    preview_cleanup = preview_cleanup_flow(partial(load_wiring, Settings()))
-    state = preview_cleanup(dry_run=not args.apply, return_state=True)
+    run = preview_cleanup.over(partial(load_wiring, Settings()))
+    state = run(dry_run=not args.apply, return_state=True)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         reason = (str(error).strip().splitlines() or [state.message or "the run failed"])[0]

@@ -29,9 +29,9 @@ import pytest  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from flows.preview_cleanup import preview_cleanup_flow  # noqa: E402
-from flows.preview_image import preview_image_flow  # noqa: E402
-from flows.preview_teardown import preview_teardown_flow  # noqa: E402
+from flows.preview_cleanup import preview_cleanup  # noqa: E402
+from flows.preview_image import preview_image  # noqa: E402
+from flows.preview_teardown import preview_teardown  # noqa: E402
 from previews.settings import Settings  # noqa: E402
 from previews.wiring import Wiring  # noqa: E402
 from tests.support.fake_github import FakeGitHub  # noqa: E402
@@ -122,19 +122,19 @@ def params_for(sample: SampleProject, pr: int = 7, sha: str | None = None) -> di
 
 def run_image(settings: Settings, **params: Any) -> State[Any]:
     """One preview-image run in this process, over ``settings`` (no blocks, no environment)."""
-    state: State[Any] = preview_image_flow(lambda: Wiring(settings))(**params, return_state=True)
+    state: State[Any] = preview_image.over(lambda: Wiring(settings))(**params, return_state=True)
     return state
 
 
 def run_teardown(settings: Settings, **params: Any) -> State[Any]:
     """One preview-teardown run in this process, over ``settings``."""
-    state: State[Any] = preview_teardown_flow(lambda: Wiring(settings))(**params, return_state=True)
+    state: State[Any] = preview_teardown.over(lambda: Wiring(settings))(**params, return_state=True)
     return state
 
 
 def run_cleanup(settings: Settings, *, dry_run: bool) -> State[Any]:
     """One preview-cleanup run in this process, over ``settings``."""
-    state: State[Any] = preview_cleanup_flow(lambda: Wiring(settings))(dry_run=dry_run, return_state=True)
+    state: State[Any] = preview_cleanup.over(lambda: Wiring(settings))(dry_run=dry_run, return_state=True)
     return state
 
 
