@@ -1,6 +1,7 @@
 """OCI Distribution client (httpx): tags, manifests, config blobs, delete by digest; Basic and Bearer token auth.
 
-Follows the distribution spec v1.1 and the Docker token auth spec (``shared/fixtures/oci/``); answers are
+Follows the distribution spec v1.1 and the Docker token auth spec
+(distribution/distribution ``docs/content/spec/auth/token.md``); answers are
 decoded by :mod:`previews.registry.sansio`. Credentials go only to the registry's own origin:
 
 - pagination ``Link`` (relative or absolute), the blob upload ``Location`` and redirects are followed only

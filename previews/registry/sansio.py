@@ -1,6 +1,6 @@
 """OCI Distribution answers, sans I/O: status, headers and body in; a manifest, tags or a typed error out.
 
-The one decoder of the registry family (distribution spec v1.1, Docker token auth; ``shared/fixtures/oci/``),
+The one decoder of the registry family (OCI distribution spec v1.1, Docker token auth),
 used by :mod:`previews.registry.oci`, which does the I/O:
 
 - 401/403 -> :class:`AuthError`; 404 -> :class:`RegistryNotFoundError`; 408, 429 and 5xx ->

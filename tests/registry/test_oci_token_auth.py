@@ -2,7 +2,7 @@
 
 The registry (Debian docker-registry 2.8) trusts a self-signed certificate; a small token server on 127.0.0.1
 checks Basic credentials and issues RS256 JWTs carrying that certificate in ``x5c`` (docker token spec,
-``shared/fixtures/oci/docker-distribution/auth-token.md``). The token server is another origin than the
+distribution/distribution ``docs/content/spec/auth/token.md``). The token server is another origin than the
 registry, so it serves https (with the same certificate, which the client is given as its CA bundle): the
 client sends the registry password only to an https realm or to the registry's own origin.
 """
