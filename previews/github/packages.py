@@ -190,24 +190,25 @@ class GhcrPackage:
             )
         return ImageVersion(version.digest, version.tags, version.created, children, version.version_id)
 
-    def _pace(self) -> None:
-        with self._lock:
-            now = self._clock()
-            if self._last_delete is not None:
-                wait = self._last_delete + self._interval - now
-                if wait > 0:
-                    self._sleep(wait)
-                    now = self._clock()
-            self._last_delete = now
-
     def delete_version(self, version_id: int) -> None:
-        """``DELETE .../versions/{id}``, paced to stay under the deletes-per-minute budget."""
+        """``DELETE .../versions/{id}``, paced to stay under the deletes-per-minute budget.
+
+        The interval runs from the end of the previous delete, so however late a request leaves, GitHub
+        never sees two deletes closer together than ``60 / deletes_per_minute`` seconds.
+        """
         if isinstance(version_id, bool) or not isinstance(version_id, int) or version_id <= 0:
             raise ValidationError(
                 "version_id", "must be a positive integer (the version's id, not its digest)"
             )
-        self._pace()
-        self._github.request("DELETE", f"{self._base}/versions/{version_id}")
+        with self._lock:
+            if self._last_delete is not None:
+                wait = self._last_delete + self._interval - self._clock()
+                if wait > 0:
+                    self._sleep(wait)
+            try:
+                self._github.request("DELETE", f"{self._base}/versions/{version_id}")
+            finally:
+                self._last_delete = self._clock()
 
     def delete_manifest(self, digest: str) -> None:
         """Not possible on GHCR (the registry answers 405): delete the package version instead."""
