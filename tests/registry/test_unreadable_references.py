@@ -150,6 +150,12 @@ def platform_images(oci: OciRegistry, repo: str) -> list[str]:
     return digests
 
 
+def assert_all_there(registry: Registry, repo: str, digests: list[str]) -> None:
+    with oci_client(registry) as oci:
+        for reference in digests:
+            assert oci.manifest(repo, reference).digest == reference
+
+
 def oci_client(registry: Registry, url: str | None = None) -> OciRegistry:
     return OciRegistry(url or registry.url, username=registry.username, password=SecretStr(registry.password))
 
@@ -172,9 +178,7 @@ def test_oci_keeps_and_reports_a_kept_index_it_cannot_read(registry: Registry, s
     assert verdict(plan, "pr-1-aaaaaaa") == (Verdict.KEEP, Reason.BLOCKED_BY_UNREADABLE)
     assert f"registry answered {status}" in plan.unreadable[kept]
     assert report.outcomes == ()
-    with oci_client(registry) as oci:
-        for reference in [doomed, kept, *children]:
-            assert oci.manifest(repo, reference).digest == reference
+    assert_all_there(registry, repo, [doomed, kept, *children])
 
 
 def test_oci_recheck_skips_every_deletion_when_a_new_index_cannot_be_read(registry: Registry) -> None:
@@ -193,9 +197,7 @@ def test_oci_recheck_skips_every_deletion_when_a_new_index_cannot_be_read(regist
     (outcome,) = report.outcomes
     assert not outcome.done
     assert "could not be read" in outcome.detail
-    with oci_client(registry) as oci:
-        for reference in [doomed, kept, *children]:
-            assert oci.manifest(repo, reference).digest == reference
+    assert_all_there(registry, repo, [doomed, kept, *children])
 
 
 def test_oci_listing_fails_when_neither_manifest_nor_digest_can_be_read(registry: Registry) -> None:

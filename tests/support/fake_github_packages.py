@@ -32,9 +32,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.support.http_server import BackgroundHTTPServer
 
 DOCS = "https://docs.github.com/rest/packages/packages"
 _LIST = re.compile(r"/(orgs|users|organizations)/([^/]+)/packages/container/([^/]+)/versions")
@@ -98,7 +99,7 @@ class _Package:
     versions: dict[int, FakeVersion] = field(default_factory=dict)
 
 
-class FakeGitHubPackages:
+class FakeGitHubPackages(BackgroundHTTPServer):
     """The fake server. ``requests`` records ``(method, path, monotonic time)`` of every request."""
 
     def __init__(
@@ -114,26 +115,8 @@ class FakeGitHubPackages:
         self._faults: deque[_Fault] = deque()
         self._manifest_faults: dict[str, tuple[int, int]] = {}
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.rate_remaining = 5000
-
-    @property
-    def url(self) -> str:
-        """The API base URL, e.g. ``http://127.0.0.1:PORT``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> FakeGitHubPackages:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(self._handler())
 
     def add_package(self, kind: str, owner: str, name: str, versions: list[FakeVersion]) -> None:
         """Create a package (``kind`` is ``org`` or ``user``) holding ``versions``."""

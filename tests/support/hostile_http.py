@@ -13,8 +13,12 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from previews.errors import CrossOriginError
+from tests.support.http_server import BackgroundHTTPServer
 
 
 @dataclass(frozen=True)
@@ -47,41 +51,24 @@ def _not_found(method: str, path: str, headers: dict[str, str]) -> Reply:
     return Reply(404, body={"message": "Not Found"})
 
 
-class ScriptedServer:
+class ScriptedServer(BackgroundHTTPServer):
     """A threaded HTTP server answering with ``respond(method, path, headers)``; ``seen`` records requests."""
 
     def __init__(self, respond: Respond = _not_found) -> None:
         self.respond = respond
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__(self._handler())
 
     @property
     def origin(self) -> str:
-        """The origin as :func:`previews.http.origin` writes it."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        """The origin as :func:`previews.http.origin` writes it (the URL with its port)."""
+        return self.url
 
     def authorizations(self) -> list[str]:
         """Every ``Authorization`` header that reached this server."""
         with self._lock:
             return [s.authorization for s in self.seen if s.authorization]
-
-    def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -124,3 +111,13 @@ class ScriptedServer:
                 self._handle("DELETE")
 
         return Handler
+
+
+def assert_refused(
+    info: pytest.ExceptionInfo[CrossOriginError], foreign: ScriptedServer, secret: str
+) -> None:
+    """The error names the foreign origin, shows no secret, and the foreign origin received nothing."""
+    assert info.value.origin == foreign.origin
+    assert foreign.origin in str(info.value)
+    assert secret not in str(info.value)
+    assert foreign.seen == []
