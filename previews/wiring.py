@@ -70,7 +70,7 @@ class Wiring:
         token = s.github_token
         if app is None and (token is None or not token.get_secret_value()):
             return None
-        return GitHubClient(base_url=s.github_api_url, token=None if app else token, app=app, max_retries=0)
+        return GitHubClient(base_url=s.github_api_url, token=None if app else token, app=app)
 
     def infra_target(self, github: GitHubClient | None) -> InfraTarget | NoTarget:
         """The infra repository (needs GitHub credentials), else the infra webhook, else no target."""
@@ -154,7 +154,7 @@ class Wiring:
 
     def cleanup_target(self) -> CleanupTarget:
         """The image the cleanup acts on: an OCI repository, or a GHCR package (GitHub Packages API)."""
-        from previews.registry.ghcr import GhcrPackage, split_image
+        from previews.github.packages import GhcrPackage, split_image
         from previews.registry.oci import OciRegistry, OciRepository, registry_url
 
         s = self.settings

@@ -12,7 +12,7 @@ from previews.core.retention import Backend
 from previews.errors import ValidationError
 from previews.github import infra
 from previews.github.client import GitHubClient
-from previews.registry.ghcr import GhcrPackage
+from previews.github.packages import GhcrPackage
 from previews.registry.oci import OciRepository
 from previews.settings import Settings
 from previews.wiring import Wiring

@@ -16,9 +16,9 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from previews.github.webhooks import sign
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
+from previews.signature import sign
 from previews.wiring import Wiring
 from tests.support.fixtures import FIXTURES
 from tests.support.services import free_port
