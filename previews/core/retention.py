@@ -330,22 +330,23 @@ def _tag_rules(
     return result
 
 
-def _resolve(
-    listing: Mapping[str, ImageVersion],
-    wanted: Mapping[str, _Rule],
-    *,
-    now: datetime,
-    rules: RetentionRules,
-    backend: Backend,
-    supports_untag: bool,
-) -> Plan:
-    """Apply the digest-level safety rules and build the actions."""
+@dataclass(frozen=True, slots=True)
+class _Digests:
+    """The digest-level picture: what would go, what stays and why some cannot go."""
+
+    doomed: frozenset[str]
+    staying: frozenset[str]
+    undeletable: frozenset[str]
+    blocked: frozenset[str]
+    unreadable: Mapping[str, str]
+
+
+def _digests(listing: Mapping[str, ImageVersion], wanted: Mapping[str, _Rule], backend: Backend) -> _Digests:
+    """Doomed digests (every tag goes), minus all that a staying manifest reaches; unreadable ones block all."""
+    unreadable = {d: v.unreadable for d, v in listing.items() if v.unreadable is not None}
+    referenced = {child for version in listing.values() for child in version.children}
     doomed: set[str] = set()
     roots: list[str] = []
-    referenced: set[str] = set()
-    unreadable = {d: v.unreadable for d, v in listing.items() if v.unreadable is not None}
-    for version in listing.values():
-        referenced.update(version.children)
     for digest, version in listing.items():
         if version.tags:
             if digest not in unreadable and all(wanted[tag].delete for tag in version.tags):
@@ -354,14 +355,22 @@ def _resolve(
                 roots.append(digest)
         elif digest not in referenced:
             roots.append(digest)  # an untagged top-level manifest may be pulled by digest: it stays
-
     undeletable: set[str] = set()
     if backend is Backend.GHCR:
         undeletable = {d for d in doomed if listing[d].version_id is None}
         doomed -= undeletable
         roots.extend(sorted(undeletable))
+    staying = _reachable(roots, listing)
+    doomed -= staying
+    # A manifest whose children are unknown could reference any other: nothing may be deleted.
+    blocked, doomed = (doomed, set()) if unreadable else (set(), doomed)
+    return _Digests(
+        frozenset(doomed), frozenset(staying), frozenset(undeletable), frozenset(blocked), unreadable
+    )
 
-    # Everything reachable from a manifest that stays, stays.
+
+def _reachable(roots: Iterable[str], listing: Mapping[str, ImageVersion]) -> set[str]:
+    """Everything reachable from a manifest that stays, stays."""
     staying: set[str] = set()
     stack = list(roots)
     while stack:
@@ -372,12 +381,15 @@ def _resolve(
         reached = listing.get(digest)
         if reached is not None:
             stack.extend(reached.children)
-    doomed -= staying
-    # A manifest whose children are unknown could reference any other: nothing may be deleted.
-    blocked, doomed = (doomed, set()) if unreadable else (set(), doomed)
+    return staying
 
+
+def _deletions(listing: Mapping[str, ImageVersion], digests: _Digests, backend: Backend) -> list[Action]:
+    """One action per doomed top manifest, carrying its doomed descendants; parents before children."""
     actions: list[Action] = []
     claimed: set[str] = set()
+    staying = set(digests.staying)
+    doomed = set(digests.doomed)
     doomed_children = {c for d in doomed for c in listing[d].children}
     for digest in sorted(doomed - doomed_children) + sorted(doomed & doomed_children):
         if digest in claimed:
@@ -394,34 +406,60 @@ def _resolve(
         if backend is Backend.GHCR:
             children = tuple(c for c in children if c.version_id is not None)
         actions.append(Action(kind, digest, tuple(sorted(removed)), version.version_id, children))
+    return actions
 
+
+def _verdict(
+    tag: str,
+    digest: str,
+    version: ImageVersion,
+    wanted: Mapping[str, _Rule],
+    digests: _Digests,
+    *,
+    deleted: set[str],
+    supports_untag: bool,
+) -> tuple[Verdict, Reason, Reason | None]:
+    """What happens to one tag, why, and (when it stays against its rule) what the rule wanted."""
+    rule = wanted[tag]
+    if digest in digests.unreadable:
+        return Verdict.KEEP, Reason.REFERENCES_UNREADABLE, rule.reason if rule.delete else None
+    if not rule.delete:
+        return Verdict.KEEP, rule.reason, None
+    if digest in deleted:
+        return Verdict.DELETE, rule.reason, None
+    if digest in digests.blocked:
+        return Verdict.KEEP, Reason.BLOCKED_BY_UNREADABLE, rule.reason
+    if supports_untag and digest not in digests.undeletable:
+        return Verdict.UNTAG, rule.reason, None
+    if digest in digests.undeletable:
+        return Verdict.KEEP, Reason.NO_VERSION_ID, rule.reason
+    if any(not wanted[t].delete for t in version.tags):
+        return Verdict.KEEP, Reason.SHARES_DIGEST_WITH_KEPT, rule.reason
+    return Verdict.KEEP, Reason.CHILD_OF_KEPT, rule.reason
+
+
+def _resolve(
+    listing: Mapping[str, ImageVersion],
+    wanted: Mapping[str, _Rule],
+    *,
+    now: datetime,
+    rules: RetentionRules,
+    backend: Backend,
+    supports_untag: bool,
+) -> Plan:
+    """Apply the digest-level safety rules and build the actions."""
+    digests = _digests(listing, wanted, backend)
+    actions = _deletions(listing, digests, backend)
     deleted = {a.digest for a in actions} | {c.digest for a in actions for c in a.children}
     decisions: list[TagDecision] = []
     untags: list[Action] = []
     for digest, version in listing.items():
         for tag in version.tags:
-            rule = wanted[tag]
-            wanted_reason: Reason | None = None
-            if digest in unreadable:
-                verdict, reason = Verdict.KEEP, Reason.REFERENCES_UNREADABLE
-                wanted_reason = rule.reason if rule.delete else None
-            elif not rule.delete:
-                verdict, reason = Verdict.KEEP, rule.reason
-            elif digest in deleted:
-                verdict, reason = Verdict.DELETE, rule.reason
-            elif digest in blocked:
-                verdict, reason, wanted_reason = Verdict.KEEP, Reason.BLOCKED_BY_UNREADABLE, rule.reason
-            elif supports_untag and digest not in undeletable:
-                verdict, reason = Verdict.UNTAG, rule.reason
+            verdict, reason, wanted_reason = _verdict(
+                tag, digest, version, wanted, digests, deleted=deleted, supports_untag=supports_untag
+            )
+            if verdict is Verdict.UNTAG:
                 untags.append(Action(ActionKind.UNTAG, digest, (tag,), version.version_id))
-            else:
-                verdict, wanted_reason = Verdict.KEEP, rule.reason
-                if digest in undeletable:
-                    reason = Reason.NO_VERSION_ID
-                elif any(not wanted[t].delete for t in version.tags):
-                    reason = Reason.SHARES_DIGEST_WITH_KEPT
-                else:
-                    reason = Reason.CHILD_OF_KEPT
             parsed = parse_pr_tag(tag)
             decisions.append(
                 TagDecision(
@@ -435,19 +473,17 @@ def _resolve(
                     wanted=wanted_reason,
                 )
             )
-
     decisions.sort(key=lambda d: d.tag)
     counts = Counter(f"{d.verdict.value}: {d.reason.value}" for d in decisions)
-    untagged_kept = sum(1 for d, v in listing.items() if not v.tags and d not in deleted)
     return Plan(
         now=now,
         rules=rules,
         backend=backend,
         decisions=tuple(decisions),
         actions=tuple(untags + actions),
-        untagged_kept=untagged_kept,
+        untagged_kept=sum(1 for d, v in listing.items() if not v.tags and d not in deleted),
         counts=dict(sorted(counts.items())),
-        unreadable=unreadable,
+        unreadable=digests.unreadable,
     )
 
 

@@ -161,6 +161,81 @@ def still_referenced(plan: Plan, target: CleanupTarget) -> References:
     return References(frozenset(referenced), unreadable)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pacing:
+    """How one deletion is retried: transient failures only, after ``retry_after`` or the backoff."""
+
+    retries: int
+    max_wait: float
+    backoff: float
+    sleep: Callable[[float], None]
+
+    def attempt(self, call: Callable[[], None]) -> int:
+        """Run ``call`` until it succeeds; returns the number of attempts."""
+        return _with_retries(
+            call, retries=self.retries, max_wait=self.max_wait, backoff=self.backoff, sleep=self.sleep
+        )
+
+
+_NOT_FOUND = (RegistryNotFoundError, GitHubNotFoundError)
+
+
+def _skip_reason(action: Action, references: References) -> str:
+    """Why a deletion must not run now (a staying manifest reaches it, or may), else an empty string."""
+    if action.kind is ActionKind.UNTAG:
+        return ""
+    if references.unreadable:
+        unreadable = "; ".join(f"{d}: {why}" for d, why in sorted(references.unreadable.items()))
+        return f"skipped: the references of a staying manifest could not be read ({unreadable})"
+    if action.digest in references.digests:
+        return "skipped: a staying tag points at this manifest since the listing"
+    return ""
+
+
+def _delete_children(
+    target: CleanupTarget, action: Action, guarded: frozenset[str], pacing: _Pacing
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Delete the action's children (after their parent); returns (deleted, failed) digests."""
+    deleted: list[str] = []
+    failed: list[str] = []
+    for child in action.children:
+        if child.digest in guarded:
+            continue
+        try:
+            if action.kind is ActionKind.DELETE_VERSION and child.version_id is not None:
+                pacing.attempt(partial(target.delete_version, child.version_id))
+            else:
+                pacing.attempt(partial(target.delete_manifest, child.digest))
+            deleted.append(child.digest)
+        except AuthError:
+            raise
+        except _NOT_FOUND:
+            deleted.append(child.digest)
+        except (PermanentError, TransientError):
+            failed.append(child.digest)
+    return tuple(deleted), tuple(failed)
+
+
+def _carry_out(
+    target: CleanupTarget, action: Action, references: References, pacing: _Pacing
+) -> ActionOutcome:
+    """One action and its children; an auth failure stops the run, any other failure is its outcome."""
+    skip = _skip_reason(action, references)
+    if skip:
+        return ActionOutcome(action, False, skip)
+    detail = ""
+    try:
+        attempts = pacing.attempt(partial(_perform, target, action))
+    except AuthError:
+        raise
+    except _NOT_FOUND as exc:
+        attempts, detail = 1, f"already gone: {exc}"
+    except (PermanentError, TransientError) as exc:
+        return ActionOutcome(action, False, str(exc))
+    deleted, failed = _delete_children(target, action, references.digests, pacing)
+    return ActionOutcome(action, True, detail, deleted, failed, attempts)
+
+
 def apply_plan(
     plan: Plan,
     target: CleanupTarget,
@@ -182,71 +257,10 @@ def apply_plan(
         raise PermanentError(f"plan is for {plan.backend.value}, target is {target.backend.value}")
     start = time.monotonic()
     references = still_referenced(plan, target) if recheck and plan.actions else References(frozenset(), {})
-    guarded = references.digests
-    unreadable = "; ".join(f"{d}: {why}" for d, why in sorted(references.unreadable.items()))
+    pacing = _Pacing(retries, max_wait, backoff, sleep)
     outcomes: list[ActionOutcome] = []
-    not_found = (RegistryNotFoundError, GitHubNotFoundError)
     for action in plan.actions:
-        detail = ""
-        skip = ""
-        if action.kind is not ActionKind.UNTAG and unreadable:
-            skip = f"skipped: the references of a staying manifest could not be read ({unreadable})"
-        elif action.kind is not ActionKind.UNTAG and action.digest in guarded:
-            skip = "skipped: a staying tag points at this manifest since the listing"
-        if skip:
-            outcome = ActionOutcome(action, False, skip)
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
-            continue
-        try:
-            attempts = _with_retries(
-                partial(_perform, target, action),
-                retries=retries,
-                max_wait=max_wait,
-                backoff=backoff,
-                sleep=sleep,
-            )
-        except AuthError:
-            raise
-        except not_found as exc:
-            attempts, detail = 1, f"already gone: {exc}"
-        except (PermanentError, TransientError) as exc:
-            outcome = ActionOutcome(action, False, str(exc))
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
-            continue
-        deleted: list[str] = []
-        failed: list[str] = []
-        for child in action.children:
-            if child.digest in guarded:
-                continue
-            try:
-                if action.kind is ActionKind.DELETE_VERSION and child.version_id is not None:
-                    _with_retries(
-                        partial(target.delete_version, child.version_id),
-                        retries=retries,
-                        max_wait=max_wait,
-                        backoff=backoff,
-                        sleep=sleep,
-                    )
-                else:
-                    _with_retries(
-                        partial(target.delete_manifest, child.digest),
-                        retries=retries,
-                        max_wait=max_wait,
-                        backoff=backoff,
-                        sleep=sleep,
-                    )
-                deleted.append(child.digest)
-            except AuthError:
-                raise
-            except not_found:
-                deleted.append(child.digest)
-            except (PermanentError, TransientError):
-                failed.append(child.digest)
-        outcome = ActionOutcome(action, True, detail, tuple(deleted), tuple(failed), attempts)
+        outcome = _carry_out(target, action, references, pacing)
         outcomes.append(outcome)
         if on_done:
             on_done(outcome)
