@@ -173,7 +173,9 @@ def run_git_http(root: Path, token: str) -> Iterator[GitHttpServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(server))
     httpd.daemon_threads = True
     server.port = int(httpd.server_address[1])
-    thread = threading.Thread(target=httpd.serve_forever, name="git-http", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="git-http", daemon=True
+    )
     thread.start()
     try:
         yield server
