@@ -39,15 +39,8 @@ class PreviewsCredentials(Block):
         """Return ``settings`` with every credential this block holds filled in."""
         update: dict[str, Any] = {
             name: getattr(self, name)
-            for name in (
-                "registry_username",
-                "registry_token",
-                "git_token",
-                "github_token",
-                "github_app_private_key",
-                "infra_webhook_secret",
-            )
-            if getattr(self, name) is not None
+            for name in type(self).model_fields
+            if name in Settings.model_fields and getattr(self, name) is not None
         }
         return settings.model_copy(update=update)
 

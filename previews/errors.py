@@ -57,15 +57,15 @@ class TagPolicyError(ValidationError):
 
 
 class PermanentError(PreviewsError):
-    """A remote refused for good. Retrying would give the same answer."""
-
-
-class AuthError(PermanentError):
-    """Credentials were missing, wrong or lacked permission."""
+    """A remote refused for good. Retrying would give the same answer. ``status`` when it answered one."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AuthError(PermanentError):
+    """Credentials were missing, wrong or lacked permission."""
 
 
 class CrossOriginError(PermanentError):
@@ -94,10 +94,6 @@ class BuildError(PermanentError):
 class PushError(PermanentError):
     """The registry refused the push for good."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class GitError(PermanentError):
     """A git operation failed for good."""
@@ -105,10 +101,6 @@ class GitError(PermanentError):
 
 class GitHubError(PermanentError):
     """The GitHub API answered with a permanent error."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class TransientError(PreviewsError):
@@ -149,10 +141,6 @@ class GitHubUnprocessableError(GitHubError):
 class InfraNotifyError(PermanentError):
     """The infra webhook target refused the notification for good (4xx)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class TransientInfraNotifyError(TransientError):
     """The infra webhook target failed in a way worth retrying (5xx, 429, timeout, connection reset)."""
@@ -161,10 +149,6 @@ class TransientInfraNotifyError(TransientError):
 class PrefectError(PermanentError):
     """The Prefect API refused a request for good (4xx, no such flow run)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class TransientPrefectError(TransientError):
     """The Prefect API failed in a way worth retrying (5xx, 429, timeout, connection reset)."""
@@ -172,10 +156,6 @@ class TransientPrefectError(TransientError):
 
 class RegistryError(PermanentError):
     """A registry API refused a request for good (4xx other than 401/403)."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class RegistryNotFoundError(RegistryError):

@@ -131,3 +131,14 @@ def test_git_source_and_push_registry_carry_the_settings() -> None:
     assert (source.url_template, source.app_dir, source.token) == ("file:///r/{repository}.git", "src", None)
     with wiring.registry() as registry:
         assert registry.url == "http://127.0.0.1:5000"
+
+
+def test_the_credentials_block_hands_out_clients_with_its_secrets() -> None:
+    from blocks import PreviewsCredentials
+
+    block = PreviewsCredentials(github_token=SecretStr("ghp_from_block"), registry_username="robot")
+    wiring = block.wiring(Settings(registry="127.0.0.1:5000"))
+    with wiring.github() as github:  # type: ignore[union-attr]
+        assert repr(github) == "GitHubClient(base_url='https://api.github.com', auth=token)"
+    assert wiring.settings.registry_username == "robot"
+    assert "ghp_from_block" not in repr(wiring)
