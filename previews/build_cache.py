@@ -16,6 +16,7 @@ import docker.errors
 import requests
 from pydantic import SecretStr
 
+from previews.docker_engine import engine_unavailable
 from previews.errors import PreviewsError
 from previews.registry.oci import OciRegistry
 
@@ -51,6 +52,8 @@ def pull(
         for chunk in client.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
             if isinstance(chunk, dict) and ("error" in chunk or "errorDetail" in chunk):
                 return redact(str(chunk.get("error") or chunk.get("errorDetail")))
-    except (docker.errors.DockerException, requests.RequestException, OSError, PreviewsError) as exc:
+    except (docker.errors.APIError, PreviewsError) as exc:
         return redact(str(exc))
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        return redact(str(engine_unavailable(exc)))
     return None

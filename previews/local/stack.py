@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from previews.errors import PreviewsError
+from previews.docker_engine import check_engine
+from previews.errors import DockerUnavailableError, PreviewsError
 from previews.local import demo
 
 
@@ -33,12 +34,38 @@ class StackError(PreviewsError):
 
 
 def _port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be listened on; a socket in TIME_WAIT does not hold it."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True
+
+
+def preflight(*, demo_too: bool, ports: Mapping[str, int]) -> list[str]:
+    """What keeps ``previews up`` from starting, one sentence each; empty when everything is there.
+
+    ``ports`` maps the option that sets a port (``--port``) to its value. Nothing is started here.
+    """
+    problems: list[str] = []
+    try:
+        check_engine(timeout=5)
+    except DockerUnavailableError as exc:
+        problems.append(f"{exc}: start a Docker engine (as root: dockerd &) or point DOCKER_HOST at one")
+    if demo_too and demo.registry_binary() is None:
+        problems.append(
+            "the demo needs Debian's docker-registry, which is not installed (apt-get install docker-registry)"
+        )
+    if shutil.which("git") is None:
+        problems.append("git is not installed (apt-get install git)")
+    for option, port in ports.items():
+        if not _port_free(port):
+            problems.append(
+                f"port {port} on 127.0.0.1 is in use: stop what listens there or choose another with {option}"
+            )
+    return problems
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, *, timeout: float) -> None:
@@ -104,7 +131,7 @@ def run_stack(
     """Start server, runner and receiver; yield the URLs; stop everything on exit."""
     for port, what in ((prefect_port, "--prefect-port"), (receiver_port, "--port")):
         if not _port_free(port):
-            raise StackError(f"port {port} is already in use on 127.0.0.1; choose another with {what}")
+            raise StackError(f"port {port} on 127.0.0.1 is in use; choose another with {what}")
     stack = Stack(state_dir)
     api_url = f"http://127.0.0.1:{prefect_port}/api"
     base_env = {
@@ -163,6 +190,12 @@ def _wait_for_deployments(
 
 
 def _up(args: argparse.Namespace) -> int:
+    problems = preflight(demo_too=args.demo, ports={"--prefect-port": args.prefect_port, "--port": args.port})
+    if problems:
+        print("previews up cannot start:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -194,15 +227,20 @@ def _up(args: argparse.Namespace) -> int:
         print(f"Logs:              {urls['logs']}")
         if args.demo and sample is not None:
             print("Demo: sending a signed pull_request delivery built from a real GitHub payload ...")
-            outcome = demo.send_and_wait(
-                sample,
-                receiver_url=urls["receiver"],
-                api_url=urls["api"],
-                ui_url=urls["ui"],
-                registry=registry,
-                secret=extra_env["PREVIEWS_WEBHOOK_SECRET"],
-                timeout=args.timeout,
-            )
+            try:
+                outcome = demo.send_and_wait(
+                    sample,
+                    receiver_url=urls["receiver"],
+                    api_url=urls["api"],
+                    ui_url=urls["ui"],
+                    registry=registry,
+                    secret=extra_env["PREVIEWS_WEBHOOK_SECRET"],
+                    timeout=args.timeout,
+                )
+            except demo.DemoError as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                print(f"The logs are in {urls['logs']}; stopping ...", file=sys.stderr, flush=True)
+                return 1
             for key, value in outcome.items():
                 print(f"{key + ':':19}{value}")
             if args.exit_after_demo:
