@@ -99,7 +99,9 @@ def run_registry(workdir: Path) -> Iterator[DemoRegistry]:
         f"auth:\n  htpasswd:\n    realm: previews-demo\n    path: {htpasswd}\n"
     )
     log = (workdir / "registry.log").open("ab")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -115,7 +117,7 @@ def run_registry(workdir: Path) -> Iterator[DemoRegistry]:
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -128,22 +130,23 @@ def make_project(root: Path) -> DemoProject:
         shutil.rmtree(root)
     bare = root / f"{DEMO_REPOSITORY}.git"
     bare.parent.mkdir(parents=True)
-    git.Repo.init(bare, bare=True, initial_branch="main")
-    work = git.Repo.init(root / "_work", initial_branch="main")
-    with work.config_writer() as cfg:
-        cfg.set_value("user", "name", "previews demo")
-        cfg.set_value("user", "email", "demo@previews.invalid")
-    tree = Path(work.working_tree_dir or root / "_work")
-    (tree / "site").mkdir()
-    (tree / "Dockerfile").write_text(DEMO_DOCKERFILE)
-    (tree / "site" / "index.html").write_text("<h1>preview demo</h1>\n")
-    work.index.add(["Dockerfile", "site/index.html"])
-    base = work.index.commit("demo: first version").hexsha
-    (tree / "site" / "index.html").write_text(f"<h1>preview demo</h1>\n<p>change {uuid.uuid4()}</p>\n")
-    work.index.add(["site/index.html"])
-    head = work.index.commit("demo: a pull request change").hexsha
-    work.create_remote("origin", str(bare))
-    work.remote("origin").push(["main:main", f"{head}:refs/pull/{DEMO_PR}/head"])
+    git.Repo.init(bare, bare=True, initial_branch="main").close()
+    # closed at the end: GitPython keeps `git cat-file` processes running for an open repository
+    with git.Repo.init(root / "_work", initial_branch="main") as work:
+        with work.config_writer() as cfg:
+            cfg.set_value("user", "name", "previews demo")
+            cfg.set_value("user", "email", "demo@previews.invalid")
+        tree = Path(work.working_tree_dir or root / "_work")
+        (tree / "site").mkdir()
+        (tree / "Dockerfile").write_text(DEMO_DOCKERFILE)
+        (tree / "site" / "index.html").write_text("<h1>preview demo</h1>\n")
+        work.index.add(["Dockerfile", "site/index.html"])
+        base = work.index.commit("demo: first version").hexsha
+        (tree / "site" / "index.html").write_text(f"<h1>preview demo</h1>\n<p>change {uuid.uuid4()}</p>\n")
+        work.index.add(["site/index.html"])
+        head = work.index.commit("demo: a pull request change").hexsha
+        work.create_remote("origin", str(bare))
+        work.remote("origin").push(["main:main", f"{head}:refs/pull/{DEMO_PR}/head"])
     return DemoProject(DEMO_REPOSITORY, bare, head, base, f"file://{root}/{{repository}}.git")
 
 

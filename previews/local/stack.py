@@ -2,7 +2,12 @@
 
 A Prefect server on SQLite (state under ``.state/``), the webhook receiver, and the deployments served by a
 local runner polling every second. ``--demo`` adds a throwaway registry and sample repository and sends one
-signed ``pull_request`` delivery through the whole chain. Every process is stopped by its PID on Ctrl-C.
+signed ``pull_request`` delivery through the whole chain.
+
+SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the whole tree within :data:`STOP_BUDGET` seconds: the parts are
+stopped newest first, each while the parts it needs still answer (the flow runner reports its cancelled runs
+and pauses its deployments through the Prefect server, so the server goes after it), and whatever of a part's
+tree is left at its deadline is killed. See :mod:`previews.local.processes`.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ import httpx
 
 from previews.docker_engine import check_engine
 from previews.errors import DockerUnavailableError, PreviewsError
-from previews.local import demo
+from previews.local import demo, processes
 
 
 class StackError(PreviewsError):
@@ -83,17 +88,39 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, *, timeout: f
     raise StackError(f"{log.stem} did not answer at {url} within {timeout:.0f}s (log: {log})")
 
 
+STOP_BUDGET = 12.0
+"""Seconds the stack gets to stop gracefully before the rest of its tree is killed."""
+
+
+@dataclass
+class Part:
+    """One process of the stack, in its own session; how long it may take to stop, and what it needs.
+
+    Parts of a higher ``tier`` need those of lower tiers while they stop (the flow runner reports cancelled
+    runs to the Prefect server), so they are stopped first; parts of one tier are stopped together.
+    """
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    grace: float
+    tier: int
+
+
 @dataclass
 class Stack:
-    """The processes of a running stack, stopped in reverse order."""
+    """The processes of a running stack, stopped newest first."""
 
     state_dir: Path
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
 
     def start(
-        self, name: str, argv: list[str], env: Mapping[str, str]
+        self, name: str, argv: list[str], env: Mapping[str, str], *, grace: float = 4.0, tier: int = 0
     ) -> tuple[subprocess.Popen[bytes], Path]:
-        """Start ``argv`` with its output in ``.state/logs/<name>.log``."""
+        """Start ``argv`` in a new session with its output in ``<state>/logs/<name>.log``.
+
+        A session of its own keeps a terminal's Ctrl-C away from it: :meth:`stop` decides the order.
+        ``grace`` is how long it may take to stop after SIGTERM before its tree is killed.
+        """
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
@@ -101,22 +128,27 @@ class Stack:
             proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
             )
-        self.processes.append((name, proc))
+        self.parts.append(Part(name, proc, grace, tier))
         return proc, log
 
     def stop(self) -> None:
-        """SIGINT then SIGTERM then SIGKILL each process, newest first, by PID."""
-        for _name, proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            for _name, proc in reversed(self.processes):
-                try:
-                    proc.wait(timeout=wait)
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(sig)
-        for _name, proc in self.processes:
-            proc.wait()
+        """Stop the parts tier by tier, highest first: SIGTERM to each, then SIGKILL to its tree's leftovers.
+
+        SIGTERM goes to the part's own process only: the flow runner then cancels its flow runs itself (a
+        signal to its whole group would crash them instead). Whatever is left at the deadline is killed.
+        """
+        for tier in sorted({part.tier for part in self.parts}, reverse=True):
+            parts = [part for part in self.parts if part.tier == tier]
+            trees = [pid for part in parts for pid in (part.proc.pid, *processes.descendants(part.proc.pid))]
+            for part in parts:
+                if part.proc.poll() is None:
+                    part.proc.send_signal(signal.SIGTERM)
+            left = processes.wait_gone(trees, time.monotonic() + max(part.grace for part in parts))
+            if left:
+                processes.signal_tree(left, signal.SIGKILL)
+                processes.wait_gone(left, time.monotonic() + 2)
+            for part in parts:
+                part.proc.wait()
 
 
 def _bin(name: str) -> str:
@@ -149,13 +181,17 @@ def run_stack(
             "prefect-server",
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
             base_env,
+            grace=4,
+            tier=0,
         )
         _wait_http(f"http://127.0.0.1:{prefect_port}/api/health", server, log, timeout=180)
-        runner, log = stack.start("flows", [sys.executable, "-m", "flows.serve"], base_env)
+        runner, log = stack.start("flows", [sys.executable, "-m", "flows.serve"], base_env, grace=6, tier=1)
         receiver, rlog = stack.start(
             "receiver",
             [_bin("previews"), "serve", "--host", "127.0.0.1", "--port", str(receiver_port)],
             base_env,
+            grace=2,
+            tier=1,
         )
         _wait_http(f"http://127.0.0.1:{receiver_port}/healthz", receiver, rlog, timeout=60)
         _wait_for_deployments(api_url, runner, log, timeout=120)
@@ -189,6 +225,43 @@ def _wait_for_deployments(
     raise StackError(f"the deployments were not served within {timeout:.0f}s (log: {log})")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(BaseException):
+    """A stop signal arrived (a BaseException, like KeyboardInterrupt, so no ``except Exception`` eats it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _say(text: str) -> None:
+    """Write to stderr from a signal handler or after a hangup, when print() may fail or re-enter."""
+    with suppress(OSError):
+        os.write(2, text.encode())
+
+
+def _stop_on_signals() -> None:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`StopRequested`, once; later ones are only noted.
+
+    Installing handlers also replaces a SIG_IGN inherited from a shell that started us with ``&``, so the
+    children start with the default dispositions instead of ignoring SIGINT.
+    """
+
+    def again(signum: int, _frame: object) -> None:
+        _say(f"previews up: {signal.Signals(signum).name} again; already stopping\n")
+
+    def first(signum: int, _frame: object) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, again)
+        _say(f"\nStopping ({signal.Signals(signum).name}) ...\n")
+        raise StopRequested(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, first)
+
+
 def _up(args: argparse.Namespace) -> int:
     problems = preflight(demo_too=args.demo, ports={"--prefect-port": args.prefect_port, "--port": args.port})
     if problems:
@@ -198,6 +271,24 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    processes.become_subreaper()
+    _stop_on_signals()
+    ready: list[bool] = []
+    try:
+        status = _run_up(args, state_dir, on_ready=lambda: ready.append(True))
+    except StopRequested as stop:  # a stop once everything ran is the normal end; before, it is not
+        status = 0 if ready else 128 + stop.signum
+    finally:
+        leftovers = processes.descendants(os.getpid())
+        if leftovers:
+            processes.signal_tree(leftovers, signal.SIGKILL)
+            processes.wait_gone(leftovers, time.monotonic() + 2)
+        processes.reap()
+    _say("Stopped.\n")
+    return status
+
+
+def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[], None]) -> int:
     with ExitStack() as stack:
         extra_env: dict[str, str] = {}
         sample: demo.DemoProject | None = None
@@ -245,13 +336,10 @@ def _up(args: argparse.Namespace) -> int:
                 print(f"{key + ':':19}{value}")
             if args.exit_after_demo:
                 return 0
-        print("Press Ctrl-C to stop.")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("\nStopping ...")
-    return 0
+        on_ready()
+        print("Press Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(3600)
 
 
 def register(sub: Any) -> None:
