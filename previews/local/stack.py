@@ -131,6 +131,16 @@ class Stack:
         self.parts.append(Part(name, proc, grace, tier))
         return proc, log
 
+    def settle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the processes the parts started (a flow run ending) to exit.
+
+        A flow run that just failed still runs its hooks; stopping the runner before it exits would have the
+        runner mark it Cancelled, and the Prefect UI would no longer show the failure.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(processes.descendants(p.proc.pid) for p in self.parts):
+            time.sleep(0.1)
+
     def stop(self) -> None:
         """Stop the parts tier by tier, highest first: SIGTERM to each, then SIGKILL to its tree's leftovers.
 
@@ -151,6 +161,17 @@ class Stack:
                 part.proc.wait()
 
 
+@dataclass(frozen=True)
+class Running:
+    """A started stack: its processes and where each part answers."""
+
+    stack: Stack
+    ui: str
+    api: str
+    receiver: str
+    logs: Path
+
+
 def _bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else (shutil.which(name) or name)
@@ -159,7 +180,7 @@ def _bin(name: str) -> str:
 @contextmanager
 def run_stack(
     *, state_dir: Path, receiver_port: int, prefect_port: int, extra_env: Mapping[str, str]
-) -> Iterator[dict[str, str]]:
+) -> Iterator[Running]:
     """Start server, runner and receiver; yield the URLs; stop everything on exit."""
     for port, what in ((prefect_port, "--prefect-port"), (receiver_port, "--port")):
         if not _port_free(port):
@@ -195,12 +216,13 @@ def run_stack(
         )
         _wait_http(f"http://127.0.0.1:{receiver_port}/healthz", receiver, rlog, timeout=60)
         _wait_for_deployments(api_url, runner, log, timeout=120)
-        yield {
-            "ui": f"http://127.0.0.1:{prefect_port}",
-            "api": api_url,
-            "receiver": f"http://127.0.0.1:{receiver_port}/webhooks/github",
-            "logs": str(state_dir / "logs"),
-        }
+        yield Running(
+            stack=stack,
+            ui=f"http://127.0.0.1:{prefect_port}",
+            api=api_url,
+            receiver=f"http://127.0.0.1:{receiver_port}/webhooks/github",
+            logs=state_dir / "logs",
+        )
     finally:
         stack.stop()
 
@@ -305,7 +327,7 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
                 "PREVIEWS_ALLOWED_REPOSITORIES": sample.repository,
                 "PREVIEWS_OUTBOX_PATH": str(state_dir / "demo" / "outbox.sqlite3"),
             }
-        urls = stack.enter_context(
+        running = stack.enter_context(
             run_stack(
                 state_dir=state_dir,
                 receiver_port=args.port,
@@ -313,24 +335,25 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
                 extra_env=extra_env,
             )
         )
-        print(f"Prefect UI:        {urls['ui']}")
-        print(f"Webhook receiver:  {urls['receiver']}")
-        print(f"Logs:              {urls['logs']}")
+        print(f"Prefect UI:        {running.ui}")
+        print(f"Webhook receiver:  {running.receiver}")
+        print(f"Logs:              {running.logs}")
         if args.demo and sample is not None:
             print("Demo: sending a signed pull_request delivery built from a real GitHub payload ...")
             try:
                 outcome = demo.send_and_wait(
                     sample,
-                    receiver_url=urls["receiver"],
-                    api_url=urls["api"],
-                    ui_url=urls["ui"],
+                    receiver_url=running.receiver,
+                    api_url=running.api,
+                    ui_url=running.ui,
                     registry=registry,
                     secret=extra_env["PREVIEWS_WEBHOOK_SECRET"],
                     timeout=args.timeout,
                 )
             except demo.DemoError as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
-                print(f"The logs are in {urls['logs']}; stopping ...", file=sys.stderr, flush=True)
+                print(f"The logs are in {running.logs}; stopping ...", file=sys.stderr, flush=True)
+                running.stack.settle(timeout=5)
                 return 1
             for key, value in outcome.items():
                 print(f"{key + ':':19}{value}")
