@@ -179,9 +179,17 @@ def _bin(name: str) -> str:
 
 @contextmanager
 def run_stack(
-    *, state_dir: Path, receiver_port: int, prefect_port: int, extra_env: Mapping[str, str]
+    *,
+    state_dir: Path,
+    receiver_port: int,
+    prefect_port: int,
+    extra_env: Mapping[str, str],
+    progress: Callable[[str], None] = lambda _text: None,
 ) -> Iterator[Running]:
-    """Start server, runner and receiver; yield the URLs; stop everything on exit."""
+    """Start server, runner and receiver; yield where they answer; stop everything on exit.
+
+    ``progress`` gets one line as each part starts (they take seconds each, the first server start longer).
+    """
     for port, what in ((prefect_port, "--prefect-port"), (receiver_port, "--port")):
         if not _port_free(port):
             raise StackError(f"port {port} on 127.0.0.1 is in use; choose another with {what}")
@@ -198,6 +206,12 @@ def run_stack(
         **extra_env,
     }
     try:
+        first = not (state_dir / "prefect").exists()
+        progress(
+            f"Starting the Prefect server on 127.0.0.1:{prefect_port}"
+            + (" (the first start creates its database: up to half a minute)" if first else "")
+            + " ..."
+        )
         server, log = stack.start(
             "prefect-server",
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
@@ -206,6 +220,7 @@ def run_stack(
             tier=0,
         )
         _wait_http(f"http://127.0.0.1:{prefect_port}/api/health", server, log, timeout=180)
+        progress(f"Starting the flow runner and the webhook receiver on 127.0.0.1:{receiver_port} ...")
         runner, log = stack.start("flows", [sys.executable, "-m", "flows.serve"], base_env, grace=6, tier=1)
         receiver, rlog = stack.start(
             "receiver",
@@ -315,6 +330,7 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
         extra_env: dict[str, str] = {}
         sample: demo.DemoProject | None = None
         if args.demo:
+            print("Demo: starting a registry and creating a sample repository ...", flush=True)
             registry = stack.enter_context(demo.run_registry(state_dir / "demo" / "registry"))
             sample = demo.make_project(state_dir / "demo" / "remotes")
             webhook_secret = secrets.token_urlsafe(24)
@@ -333,6 +349,7 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
                 receiver_port=args.port,
                 prefect_port=args.prefect_port,
                 extra_env=extra_env,
+                progress=lambda text: print(text, flush=True),
             )
         )
         print(f"Prefect UI:        {running.ui}")
