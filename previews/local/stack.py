@@ -13,6 +13,7 @@ tree is left at its deadline is killed. See :mod:`previews.local.processes`.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import secrets
 import shutil
@@ -308,6 +309,8 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # each line as it happens, in a pipe or a log too
     processes.become_subreaper()
     _stop_on_signals()
     ready: list[bool] = []
