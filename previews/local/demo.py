@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
+import docker.errors
 import git
 import httpx
+import requests
 
+from previews.docker_engine import DockerEngine
 from previews.errors import PreviewsError
 
 DEMO_REPOSITORY = "demo-org/preview-demo"
@@ -122,6 +125,20 @@ def run_registry(workdir: Path) -> Iterator[DemoRegistry]:
             proc.kill()
             proc.wait()
         log.close()
+        _forget_local_images(f"127.0.0.1:{port}")
+
+
+def _forget_local_images(host: str) -> None:
+    """Remove the engine's references to images of the demo registry ``host``: its port is never used again."""
+    try:
+        engine = DockerEngine.from_env(timeout=10)
+        listed = engine.client.api.images(name=f"{host}/{DEMO_REPOSITORY}")
+    except (PreviewsError, docker.errors.DockerException, requests.RequestException):
+        return  # best effort: a few kilobytes stay behind
+    for image in listed:
+        for ref in image.get("RepoTags") or []:
+            if ref.startswith(f"{host}/"):
+                engine.remove(ref)
 
 
 def make_project(root: Path) -> DemoProject:
