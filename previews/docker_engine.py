@@ -36,6 +36,7 @@ from previews.errors import (
     TransientPushError,
     ValidationError,
 )
+from previews.redact import Redactor
 
 LOG_TAIL_LINES = 30
 _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
@@ -193,18 +194,6 @@ def classify_push_error(
     if (status is not None and (status >= 500 or status == 429)) or _TRANSIENT_RE.search(message):
         return TransientPushError(f"registry push failed (transient): {message}", status=status)
     return PushError(f"registry refused the push: {message}", status=status)
-
-
-class _Redactor:
-    """Replaces every occurrence of the given secrets in text that leaves this module."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 class _LineSplitter:
@@ -474,7 +463,7 @@ class DockerEngine:
         if timeout <= 0:
             raise ValidationError("timeout", f"{timeout} must be positive")
         secret = password.get_secret_value()
-        redact = _Redactor([secret])
+        redact = Redactor([secret])
         lines = _LineSplitter(on_line, redact)
         reference = f"{image_name}:{tag}"
         digest: str | None = None
@@ -536,7 +525,7 @@ class DockerEngine:
         return PushedImage(reference=reference, digest=digest, duration_s=round(time.monotonic() - start, 3))
 
     def _confirm_auth(
-        self, image_name: str, username: str, secret: str, error: AuthError, redact: _Redactor
+        self, image_name: str, username: str, secret: str, error: AuthError, redact: Redactor
     ) -> AuthError | TransientPushError:
         """Tell wrong credentials from a registry hiccup.
 

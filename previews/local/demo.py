@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -27,6 +25,7 @@ import requests
 
 from previews.docker_engine import DockerEngine
 from previews.errors import PreviewsError
+from previews.signature import sign
 
 DEMO_REPOSITORY = "demo-org/preview-demo"
 DEMO_PR = 2
@@ -205,7 +204,7 @@ def send_and_wait(
     """
     body = delivery_body(project)
     delivery = str(uuid.uuid4())
-    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    signature = sign(body, secret)
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": "pull_request",
