@@ -104,7 +104,7 @@ def running_stack(
             env,
         )
         wait_for(f"{api}/health", server, timeout=180)
-        runner, _ = stack.start("flows", [sys.executable, "-m", "flows.serve"], env)
+        runner, _ = stack.start("flows", [sys.executable, "-m", "flows.serve"], env, grace=6, tier=1)
         receiver, _ = stack.start(
             "receiver",
             [
@@ -116,6 +116,8 @@ def running_stack(
                 str(receiver_port),
             ],
             env,
+            grace=2,
+            tier=1,
         )
         wait_for(f"http://127.0.0.1:{receiver_port}/healthz", receiver, timeout=60)
         wait_for_deployments(api, runner, timeout=120)

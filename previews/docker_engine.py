@@ -8,6 +8,7 @@ at the deadline (the engine then cancels the build or push) so a caller never wa
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -31,6 +32,7 @@ from previews.core.tags import DEFAULT_PROTECTED, ensure_pushable
 from previews.errors import (
     AuthError,
     BuildError,
+    DockerUnavailableError,
     PreviewsError,
     PushError,
     TransientPushError,
@@ -76,6 +78,47 @@ _CONNECTION_ERRORS = (
     OSError,
 )
 _COUNTDOWN_RE = re.compile(r"(.*?)([0-9]+)(.*)", re.ASCII)
+
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+def engine_address() -> str:
+    """Where docker-py looks for the engine: ``DOCKER_HOST``, else the default socket."""
+    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OS reason of a failed connection ("No such file or directory"), else the first line."""
+    queue: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while queue:
+        item = queue.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        queue += [arg for arg in item.args if isinstance(arg, BaseException)]
+        queue += [link for link in (item.__cause__, item.__context__) if link is not None]
+    text = str(exc).strip().splitlines()
+    return clean_line(text[0]) if text else type(exc).__name__
+
+
+def engine_unavailable(exc: BaseException, *, during: str | None = None) -> DockerUnavailableError:
+    """The :class:`DockerUnavailableError` for a docker-py or connection error that means no engine answers."""
+    return DockerUnavailableError(engine_address(), _root_cause(exc), during=during)
+
+
+def check_engine(*, timeout: float = 5.0) -> None:
+    """Raise :class:`DockerUnavailableError` unless a Docker engine answers at ``DOCKER_HOST`` within ``timeout``."""
+    engine = DockerEngine.from_env(timeout=timeout)
+    try:
+        engine.client.ping()
+    except _CONNECTION_ERRORS as exc:
+        raise engine_unavailable(exc) from exc
+    finally:
+        engine.client.close()
 
 
 def _ignore(_line: str) -> None:
@@ -276,8 +319,14 @@ class DockerEngine:
 
     @classmethod
     def from_env(cls, *, timeout: float = 1800.0) -> DockerEngine:
-        """An engine for the daemon at ``DOCKER_HOST`` (or the default socket)."""
-        return cls(docker.from_env(timeout=max(1, int(timeout))))
+        """An engine for the daemon at ``DOCKER_HOST`` (or the default socket).
+
+        Raises :class:`DockerUnavailableError` when no engine answers there (docker-py asks for its version).
+        """
+        try:
+            return cls(docker.from_env(timeout=max(1, int(timeout))))
+        except _CONNECTION_ERRORS as exc:
+            raise engine_unavailable(exc) from exc
 
     @property
     def client(self) -> docker.DockerClient:
@@ -454,7 +503,9 @@ class DockerEngine:
             lines.flush()
             if watchdog.expired.is_set():
                 raise TransientPushError(f"push of {reference} timed out after {timeout:g}s") from exc
-            raise TransientPushError(f"lost the Docker engine during the push: {redact(str(exc))}") from exc
+            raise DockerUnavailableError(
+                engine_address(), redact(_root_cause(exc)), during=f"the push of {reference}"
+            ) from exc
         if watchdog.expired.is_set():
             raise TransientPushError(f"push of {reference} timed out after {timeout:g}s")
         if digest is None:
@@ -511,8 +562,10 @@ class DockerEngine:
                 for chunk in api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
                     if isinstance(chunk, dict) and (failure := stream_error(chunk)) is not None:
                         return redact(clean_line(failure[0]) or "unknown pull error")
-        except (*_CONNECTION_ERRORS, PreviewsError) as exc:
+        except (docker.errors.APIError, PreviewsError) as exc:
             return redact(str(exc))
+        except _CONNECTION_ERRORS as exc:
+            return redact(str(engine_unavailable(exc)))
         return None
 
     def tag(self, image: str, reference: str) -> None:

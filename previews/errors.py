@@ -21,6 +21,7 @@
     │   └── RegistryError        a registry API 4xx other than auth (e.g. 405 deletion disabled)
     │       └── RegistryNotFoundError  404: no such repository, tag or manifest
     └── TransientError           worth retrying: 5xx, 429, timeouts, connection resets
+        ├── DockerUnavailableError   no Docker engine answers at DOCKER_HOST (absent, stopped or lost)
         ├── TransientPushError
         ├── TransientGitError
         ├── TransientGitHubError
@@ -110,6 +111,16 @@ class TransientError(PreviewsError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class DockerUnavailableError(TransientError):
+    """No Docker engine answers at ``address`` (``DOCKER_HOST``): it is absent, stopped, or was lost mid-call."""
+
+    def __init__(self, address: str, reason: str, *, during: str | None = None) -> None:
+        where = f" during {during}" if during else ""
+        super().__init__(f"no Docker engine answers at {address}{where} ({reason})")
+        self.address = address
+        self.reason = reason
 
 
 class TransientPushError(TransientError):

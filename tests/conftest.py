@@ -81,12 +81,13 @@ SERVICE_FIXTURES = frozenset({"docker_client", "base_image", "registry", "prefec
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs a real service (Docker, the registry, Prefect, git remotes) ``services``.
+    """Mark ``services`` every test that needs a real service (Docker, the registry, Prefect, git remotes):
+    those that use a service fixture, and the ``slow`` end-to-end ones, which start their own.
 
-    ``pytest -m "not services"`` then runs the pure and in-process tests in seconds.
+    ``pytest -m "not services"`` then runs the pure and in-process tests in about a minute.
     """
     for item in items:
-        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.services)
 
 

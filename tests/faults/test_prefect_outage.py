@@ -24,7 +24,7 @@ from previews.settings import Settings
 from tests.support.services import free_port, run_prefect_server
 from tests.support.webhooks import SECRET, headers, run_receiver, synchronize_payload
 
-pytestmark = [pytest.mark.slow, pytest.mark.services]  # starts its own Prefect server
+pytestmark = pytest.mark.slow
 BURST = 50  # the issue asks for 50 deliveries during the outage
 
 
