@@ -32,7 +32,12 @@ class PreviewsConfig(Block):
     github_api_url: str | None = None
     infra_repository: str | None = None
     infra_webhook_url: str | None = None
-    paths_ignore: str | None = None
+    paths_ignore: str | None = Field(
+        default=None, description="GitHub Actions paths-ignore patterns, comma-separated."
+    )
+    paths: str | None = Field(
+        default=None, description="GitHub Actions paths patterns ('!' excludes); not with paths_ignore."
+    )
     fork_policy: str | None = None
     status_context: str | None = None
 

@@ -36,7 +36,6 @@ from previews.core.fingerprint import FINGERPRINT_LABEL, build_fingerprint, is_p
 from previews.core.forks import decide_fork
 from previews.core.names import parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
-from previews.core.paths import docs_only
 from previews.core.request import BuildRequest, validate_request
 from previews.core.status import StatusUpdate
 from previews.core.supersede import SupersedeDecision
@@ -458,6 +457,7 @@ def _run(
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise ValidationError("labels", "must be a list of label names")
     pr_labels = list(labels or [])
+    path_filter = settings.path_filter()  # a misconfigured filter fails before any work is done
     if client is not None:
         with timed(durations, "read-pull-request"):
             pull = retrying(read_pull_request, settings)(client, request)
@@ -511,8 +511,10 @@ def _run(
         reporter.use_sha(checkout.head_sha)
         if base_sha is not None:
             changed = list_changed_files(checkout, base_sha)
-            if docs_only(changed, settings.paths_ignore_globs()):
-                reason = f"skipped: docs-only change ({len(changed)} paths match PREVIEWS_PATHS_IGNORE)"
+            paths = path_filter.decide(changed)
+            logger.info("path filter: %s", paths.reason)
+            if not paths.build:
+                reason = f"skipped: docs-only change ({paths.reason})"
                 logger.info("%s", reason)
                 return _finish(
                     outcome(status="skipped", reason=reason, head_sha=checkout.head_sha),

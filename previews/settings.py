@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from previews.core.names import parse_registry
+from previews.core.paths import PathFilter, choose_filter
 
 
 class Settings(BaseSettings):
@@ -78,7 +79,11 @@ class Settings(BaseSettings):
     infra_repository: str | None = None
     infra_webhook_url: str | None = None
     infra_webhook_secret: SecretStr | None = None
-    paths_ignore: str = "docs/**,**/*.md"
+    paths_ignore: str | None = Field(
+        default=None,
+        description="GitHub Actions paths-ignore patterns, comma-separated; default docs/**,**/*.md",
+    )
+    paths: str | None = Field(default=None, description="GitHub Actions paths patterns ('!' excludes)")
     fork_policy: Literal["skip", "label", "allow"] = "skip"
     fork_label: str = "safe-to-preview"
     status_context: str = "previews/image"
@@ -121,9 +126,9 @@ class Settings(BaseSettings):
         extra = tuple(p.strip() for p in self.protected_tags.split(",") if p.strip())
         return DEFAULT_PROTECTED + extra
 
-    def paths_ignore_globs(self) -> tuple[str, ...]:
-        """``PREVIEWS_PATHS_IGNORE`` split on commas: gitignore-style globs of docs-only paths."""
-        return tuple(g.strip() for g in self.paths_ignore.split(",") if g.strip())
+    def path_filter(self) -> PathFilter:
+        """The docs-only filter: ``PREVIEWS_PATHS`` or ``PREVIEWS_PATHS_IGNORE`` (both set is an error)."""
+        return choose_filter(paths=self.paths, paths_ignore=self.paths_ignore)
 
     def build_arg_map(self) -> dict[str, str]:
         """Parse ``KEY=VALUE,...`` into a dict; keys must be shell-variable-like names."""
