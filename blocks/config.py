@@ -29,6 +29,10 @@ class PreviewsConfig(Block):
     )
     build_target: str | None = Field(default=None, description="Multi-stage target.")
     build_args: str | None = Field(default=None, description="KEY=VALUE,... (never secrets).")
+    build_secrets: str | None = Field(
+        default=None,
+        description="id=ENV_VAR,... build secrets; values from that variable or the credentials block.",
+    )
     github_api_url: str | None = None
     infra_repository: str | None = None
     infra_webhook_url: str | None = None

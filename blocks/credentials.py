@@ -23,7 +23,16 @@ class PreviewsCredentials(Block):
     registry_token: SecretStr | None = Field(
         default=None, description="Registry password or token with push rights."
     )
-    git_token: SecretStr | None = Field(default=None, description="Token to clone private repositories.")
+    git_token: SecretStr | None = Field(
+        default=None, description="Token to fetch the app repository (and siblings, if no sibling token)."
+    )
+    siblings_git_token: SecretStr | None = Field(
+        default=None, description="Token to fetch sibling repositories (and the app, if no git token)."
+    )
+    build_secrets: dict[str, SecretStr] | None = Field(
+        default=None,
+        description="Build secret values by the ENV_VAR names PREVIEWS_BUILD_SECRETS gives (id=ENV_VAR,...).",
+    )
     github_token: SecretStr | None = Field(
         default=None, description="GitHub token for statuses and dispatches."
     )
@@ -42,10 +51,13 @@ class PreviewsCredentials(Block):
                 "registry_username",
                 "registry_token",
                 "git_token",
+                "siblings_git_token",
                 "github_token",
                 "github_app_private_key",
                 "infra_webhook_secret",
             )
             if getattr(self, name) is not None
         }
+        if self.build_secrets:
+            update["build_secret_values"] = {**settings.build_secret_values, **self.build_secrets}
         return settings.model_copy(update=update)

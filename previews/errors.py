@@ -18,6 +18,7 @@
     │   └── RegistryError        a registry API 4xx other than auth (e.g. 405 deletion disabled)
     │       └── RegistryNotFoundError  404: no such repository, tag or manifest
     └── TransientError           worth retrying: 5xx, 429, timeouts, connection resets
+        ├── TransientBuildError  the Docker engine went away mid-build (not the Dockerfile's fault)
         ├── TransientPushError
         ├── TransientGitError
         ├── TransientGitHubError
@@ -102,6 +103,17 @@ class TransientError(PreviewsError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class TransientBuildError(TransientError):
+    """The build failed for a reason outside the Dockerfile: the engine or the network went away.
+
+    ``log_tail`` holds the last lines of the build output.
+    """
+
+    def __init__(self, message: str, *, log_tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.log_tail = list(log_tail or [])
 
 
 class TransientPushError(TransientError):
