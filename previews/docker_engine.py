@@ -522,7 +522,7 @@ class DockerEngine:
 
         lines = _LineSplitter(take, redact)
         for reason in skipped:
-            on_line(f"skipped Docker client {reason}")
+            on_line(f"not using {reason}")
         on_line(cli.describe())
         start = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix="previews-build-"))

@@ -232,11 +232,16 @@ class BuildLog:
             self.errors[number] = text.removeprefix("ERROR").lstrip(": ").strip()
 
     def _steps(self) -> list[int]:
-        return [n for n, name in self.names.items() if _STEP_NAME_RE.fullmatch(name)]
+        return [
+            n
+            for n, name in self.names.items()
+            if _STEP_NAME_RE.fullmatch(name) and not name.split("] ", 1)[1].startswith("FROM ")
+        ]
 
     @property
     def steps(self) -> int:
-        """Dockerfile steps the build ran or took from the cache (``[stage k/n] ...`` vertices)."""
+        """Dockerfile steps the build ran or took from the cache (``[stage k/n] ...`` vertices, FROM aside:
+        BuildKit reports a base image as DONE or CACHED at random, and it is never built)."""
         return len(self._steps())
 
     @property
@@ -249,7 +254,7 @@ class BuildLog:
 
         A failing Dockerfile step is quoted with its stage and instruction and is never transient.
         """
-        for number in sorted(self.errors, key=lambda n: n not in self._steps()):
+        for number in sorted(self.errors, key=lambda n: not _STEP_NAME_RE.fullmatch(self.names.get(n, ""))):
             name, message = self.names.get(number, "a build step"), self.errors[number]
             executor = _EXECUTOR_RE.search(message)
             if _STEP_NAME_RE.fullmatch(name):
