@@ -101,7 +101,7 @@ def checkout_source(
     )
     logger.info("Checked out %s at %s", request.repository, result.head_sha)
     for name, sha in result.siblings.items():
-        logger.info("Checked out sibling %s at %s", name, sha)
+        logger.info("Checked out sibling %s (%s) at %s", name, result.sibling_refs.get(name, "?"), sha)
     return result
 
 

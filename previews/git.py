@@ -16,7 +16,7 @@ import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,6 +54,7 @@ class CheckoutResult:
     head_sha: str
     siblings: Mapping[str, str]
     duration_s: float
+    sibling_refs: Mapping[str, str] = field(default_factory=dict)  # name -> the ref fetched (default branch)
 
 
 def repository_url(template: str, repository: str) -> str:
@@ -335,6 +336,7 @@ def checkout(
         _fetch_base(runner, head=head, base=base_sha)
 
     checked: dict[str, str] = {}
+    refs: dict[str, str] = {}
     for name, wanted, sibling_url in planned:
         target = workspace / name
         sib = _Git(
@@ -344,7 +346,7 @@ def checkout(
             url=sibling_url,
         )
         _fresh_repository(target, sibling_url, sib)
-        ref = wanted if wanted is not None else _default_branch(sib)
+        ref = refs[name] = wanted if wanted is not None else _default_branch(sib)
         logger.info("Fetching sibling %s from %s at %s", name, sib.url, ref)
         sib("fetch", "-q", "--depth=1", "--no-tags", "origin", "--", ref, action="fetch", sha=ref)
         checked[name] = _checked_out(sib, ref if FULL_SHA_RE.fullmatch(ref) else None, what=f"sibling {name}")
@@ -354,6 +356,7 @@ def checkout(
         head_sha=head,
         siblings=checked,
         duration_s=time.monotonic() - started,
+        sibling_refs=refs,
     )
 
 
