@@ -200,7 +200,9 @@ TRANSPORT_RE = re.compile(
     r"|rpc error: code = (?:unavailable|canceled)|transport is closing|error reading from server"
     r"|connection reset by peer|connection refused|broken pipe|unexpected eof|: eof\b|no such host"
     r"|i/o timeout|tls handshake timeout|client\.timeout exceeded|context deadline exceeded|timed out"
-    r"|status(?: code)?:? (?:5[0-9][0-9]|429)\b|too many requests|service unavailable|bad gateway",
+    r"|status(?: code)?:? (?:5[0-9][0-9]|429)\b|too many requests|service unavailable|bad gateway"
+    # the build's stream ended without a result and without any step or frontend error: the connection broke
+    r"|server did not provide an image id",
     re.IGNORECASE,
 )
 

@@ -17,8 +17,10 @@ cheat sheet" of GitHub's workflow syntax
   the last matching pattern wins.
 
 Decision rule (Actions'): with ``paths-ignore`` the build is skipped only when every changed path matches;
-with ``paths`` it runs when at least one changed path matches. With no changed path at all it does not run.
-Unlike Actions there is no 300-file limit: the caller passes the complete ``git diff``.
+with ``paths`` it runs when at least one changed path matches. Two deliberate differences, both towards
+building rather than skipping (a wrong skip is a missing preview): there is no 300-file limit (the caller
+passes the complete ``git diff``), and an empty change list (base == head) builds, where Actions would not
+run at all.
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ class PathFilter:
         if not self.patterns:
             return PathDecision(True, f"{setting} is empty: every change builds", tuple(changed))
         if not changed:
-            return PathDecision(False, "no changed files", ())
+            return PathDecision(True, "no changed files to filter (base and head trees are equal)", ())
         matched = tuple(path for path in changed if self.matches(path))
         if self.mode == "paths-ignore":
             unmatched = tuple(path for path in changed if path not in set(matched))

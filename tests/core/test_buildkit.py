@@ -176,6 +176,12 @@ ENGINE_GONE = """\
 error: failed to receive status: rpc error: code = Unavailable desc = error reading from server: EOF
 """
 
+STREAM_CUT = """\
+#5 [2/2] RUN sh -c 'sleep 2; echo lost'
+#5 0.3 started
+cannot write /tmp/previews-build-x/iid because server did not provide an image ID
+"""
+
 BASE_IMAGE_5XX = """\
 #3 [internal] load metadata for r:5000/base:1
 #3 ERROR: unexpected status code [manifests 1]: 503 Service Unavailable

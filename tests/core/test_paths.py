@@ -268,10 +268,10 @@ def test_real_diff_unusual_file_names(repo: Path) -> None:
     assert PathFilter.of("paths-ignore", [*DEFAULT_PATHS_IGNORE, "*.txt"]).decide(changed).build
 
 
-def test_real_diff_empty_between_equal_commits_does_not_run(repo: Path) -> None:
-    """Actions: "If there are no files changed, the workflow will not run." """
+def test_real_diff_empty_between_equal_commits_builds(repo: Path) -> None:
+    """Actions would not run with no changed file; previews builds (a wrong skip is a missing preview)."""
     head = git("rev-parse", "HEAD", cwd=repo)
     assert _changed(repo, head, head) == []
     decision = DEFAULT.decide([])
-    assert not decision.build
-    assert decision.reason == "no changed files"
+    assert decision.build
+    assert decision.reason == "no changed files to filter (base and head trees are equal)"

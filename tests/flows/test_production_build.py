@@ -9,6 +9,8 @@ import io
 import json
 import secrets
 import tarfile
+import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +28,13 @@ from flows.preview_image import preview_image
 from previews.core.outcome import PreviewResult
 from previews.errors import ValidationError
 from previews.settings import Settings
+from tests.support.fake_github import FakeGitHub
 from tests.support.git_http import GitHttpServer, run_git_http
-from tests.support.prefect_api import flow_run_logs
+from tests.support.prefect_api import flow_run_logs, task_run_counts
+from tests.support.processes import wait_until_gone, wait_until_running
+from tests.support.sample import make_sample
 from tests.support.services import BASE_IMAGE, Registry, Remote, git, make_remote
+from tests.support.socket_proxy import EngineProxy
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
 
@@ -254,3 +260,66 @@ def test_paths_and_paths_ignore_together_fail_before_any_work(
         state.result(raise_on_failure=False)
     )
     assert server.requests == []
+
+
+def test_an_engine_lost_mid_build_is_retried_and_never_the_prs_failure(
+    remotes_root: Path,
+    registry: Registry,
+    image_cleanup: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine goes away while the build runs (its socket is cut); it is back for the retry. The run
+    retries the build, pushes, and the PR's commit never shows `failure`."""
+    marker = f"lost-{uuid.uuid4().hex[:8]}"
+    sample = make_sample(remotes_root, f"Lost-{uuid.uuid4().hex[:8]}")
+    base = sample.head_sha
+    head = sample.app.commit(
+        {"Dockerfile": f"FROM {BASE_IMAGE}\nRUN sh -c 'sleep 2; echo {marker}'\nCOPY app/src/ /opt/app/\n"},
+        "slow",
+    )
+    sample.app.push_pr_ref(9, head)
+    sockets = Path(tempfile.mkdtemp(prefix="pv-", dir="/tmp"))
+    path = sockets / "engine.sock"
+    with FakeGitHub() as github:
+        github.add_pull(sample.app.repository, 9, head_sha=head, base_sha=base)
+        settings = Settings(
+            registry=registry.host,
+            registry_username=registry.username,
+            registry_token=SecretStr(registry.password),
+            git_url_template=sample.git_url_template,
+            siblings=sample.siblings,
+            build_context="..",
+            retries=2,
+            retry_delay=0.5,
+            github_api_url=github.url,
+            github_token=SecretStr(github.token),
+            cache_from_enabled=False,
+        )
+        first = EngineProxy(path).__enter__()
+        monkeypatch.setenv("DOCKER_HOST", first.host)
+        outcome: list[State[Any]] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(
+                run(settings, repository=sample.app.repository, pr_number=9, head_sha=head, base_sha=base)
+            )
+        )
+        worker.start()
+        try:
+            wait_until_running(marker)
+            first.cut()  # the engine is gone for the build's client
+            assert wait_until_gone(marker) == []
+            second = EngineProxy(path).__enter__()  # and back for the retry
+        finally:
+            worker.join(timeout=180)
+        second.cut()
+        (state,) = outcome
+        statuses = [s["state"] for s in github.statuses(sample.app.repository, head)]
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.image is not None
+    image_cleanup.append(result.image)
+    assert task_run_counts(state)["build"] == 2  # the build ran twice: lost, then retried
+    logs = flow_run_logs(state)
+    assert "lost the Docker engine during the build" in logs
+    assert "failure" not in statuses
+    assert statuses == ["pending", "success"]
