@@ -6,12 +6,12 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.console import PREVIEWS
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -22,9 +22,7 @@ def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PREVIEWS_"))}
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "previews.cli",
+            PREVIEWS,
             "up",
             "--demo",
             "--exit-after-demo",

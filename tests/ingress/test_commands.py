@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from previews.cli import parser
 from previews.core.events import event_id
 from previews.ingress.outbox import Outbox
+from tests.support.console import PREVIEWS
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREVIEWS_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3")}
-    return subprocess.run(
-        [sys.executable, "-m", "previews.cli", *args], env=env, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([PREVIEWS, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def fill(tmp_path: Path) -> None:

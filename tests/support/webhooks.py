@@ -20,10 +20,9 @@ from previews.github.webhooks import sign
 from previews.ingress.app import create_app
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.fixtures import FIXTURES
 from tests.support.services import free_port
 
-FIXTURES = SHARED_FIXTURES
 WEBHOOKS = FIXTURES / "github" / "webhooks"
 SECRET = "test-webhook-secret"
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from previews import demo
 from previews.errors import PreviewsError
+from previews.local import demo
 
 
 class StackError(PreviewsError):
