@@ -43,7 +43,7 @@ import cleanup as cleanup_bench  # noqa: E402
 import pipeline  # noqa: E402
 import receiver as receiver_bench  # noqa: E402
 
-from previews import demo  # noqa: E402
+from previews.local import demo  # noqa: E402
 from previews.local.stack import Stack  # noqa: E402
 from tests.support.services import ensure_base_image, free_port  # noqa: E402
 

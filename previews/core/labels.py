@@ -8,8 +8,8 @@ The GitHub server comes from the configured API address, so GitHub Enterprise im
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from previews.core.names import parse_repository, parse_sha
 from previews.errors import ValidationError
@@ -22,6 +22,9 @@ URL = "org.opencontainers.image.url"
 VERSION = "org.opencontainers.image.version"
 
 
+_URL_RE = re.compile(r"(?P<scheme>https?)://(?P<netloc>[^/?#\s]+)(?:[/?#].*)?", re.ASCII | re.IGNORECASE)
+
+
 def github_server_url(api_url: str) -> str:
     """The web address of the GitHub server behind a REST API address.
 
@@ -29,17 +32,17 @@ def github_server_url(api_url: str) -> str:
     (``https://ghe.example.com/api/v3``) is served by ``https://ghe.example.com``; any other API address is its
     own server (a proxy or a test double).
     """
-    parts = urlsplit(api_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    match = _URL_RE.fullmatch(api_url.strip())
+    if match is None:
         raise ValidationError("PREVIEWS_GITHUB_API_URL", f"{api_url!r} is not an http(s) URL")
-    if "@" in parts.netloc:
+    scheme, host = match.group("scheme").lower(), match.group("netloc")
+    if "@" in host:
         raise ValidationError("PREVIEWS_GITHUB_API_URL", "must not carry credentials")
-    host = parts.netloc
     if host.lower() == "api.github.com":
         return "https://github.com"
     if host.lower().startswith("api.") and host.lower().endswith(".ghe.com"):  # GitHub Enterprise Cloud
         host = host[len("api.") :]
-    return f"{parts.scheme}://{host}"
+    return f"{scheme}://{host}"
 
 
 def oci_labels(
