@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
+from prefect.blocks.fields import SecretDict
 from pydantic import Field, SecretStr
 
 from previews.settings import Settings
@@ -29,7 +30,9 @@ class PreviewsCredentials(Block):
     siblings_git_token: SecretStr | None = Field(
         default=None, description="Token to fetch sibling repositories (and the app, if no git token)."
     )
-    build_secrets: dict[str, SecretStr] | None = Field(
+    # SecretDict, not dict[str, SecretStr]: Prefect masks a SecretDict's values in the block document its API
+    # serves, but serves the values of a plain dict of SecretStr in clear (measured with Prefect 3.9).
+    build_secrets: SecretDict | None = Field(
         default=None,
         description="Build secret values by the ENV_VAR names PREVIEWS_BUILD_SECRETS gives (id=ENV_VAR,...).",
     )
@@ -58,6 +61,7 @@ class PreviewsCredentials(Block):
             )
             if getattr(self, name) is not None
         }
-        if self.build_secrets:
-            update["build_secret_values"] = {**settings.build_secret_values, **self.build_secrets}
+        if self.build_secrets is not None:
+            stored = {str(k): SecretStr(str(v)) for k, v in self.build_secrets.get_secret_value().items()}
+            update["build_secret_values"] = {**settings.build_secret_values, **stored}
         return settings.model_copy(update=update)

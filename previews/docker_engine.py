@@ -331,6 +331,8 @@ def _context_and_dockerfile(spec: BuildSpec) -> tuple[Path, str]:
 _STOP_GRACE_S = 5.0
 _PROBE_TIMEOUT_S = 20.0
 _DEFAULT_CLIS = ("/usr/bin/docker", "/usr/local/bin/docker")
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _resolved: dict[tuple[str | None, str], tuple[BuildCli, tuple[str, ...]]] = {}
 _resolve_lock = threading.Lock()
 
@@ -390,10 +392,12 @@ def _private_docker_config(directory: Path, login: RegistryLogin, env: Mapping[s
         if (original / name).is_dir():
             (directory / name).symlink_to(original / name)
     token = b64encode(f"{login.username}:{login.password.get_secret_value()}".encode()).decode()
+    # Docker Hub's credentials live under its legacy index address; every other registry under its host.
+    key = _DOCKER_HUB_KEY if login.registry in _DOCKER_HUB_HOSTS else login.registry
     path = directory / "config.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump({"auths": {login.registry: {"auth": token}}}, out)
+        json.dump({"auths": {key: {"auth": token}}}, out)
     return directory
 
 
