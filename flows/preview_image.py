@@ -191,15 +191,26 @@ def build_image(
     tag: str,
     settings: Settings,
     cache_from: tuple[str, ...] = (),
+    fork: bool = False,
 ) -> BuiltImage:
-    """Build the production Dockerfile at the checked-out commit, streaming its output into the run log."""
+    """Build the production Dockerfile at the checked-out commit, streaming its output into the run log.
+
+    A fork's Dockerfile is not trusted with the build secrets unless ``PREVIEWS_FORK_BUILD_SECRETS`` says so.
+    """
     logger = get_run_logger()
     spec = _build_spec(request, checkout, tag, settings, cache_from)
     engine = DockerEngine.from_env(timeout=settings.build_timeout)
+    secrets = build_secrets(settings)
+    if fork and secrets and not settings.fork_build_secrets:
+        logger.warning(
+            "build secrets %s withheld from a fork's build (PREVIEWS_FORK_BUILD_SECRETS=true passes them)",
+            ", ".join(sorted(secrets)),
+        )
+        secrets = {}
     built = engine.build(
         spec,
         on_line=logger.info,
-        secrets=build_secrets(settings),
+        secrets=secrets,
         login=_registry_login(settings),
         docker_cli=settings.docker_cli,
     )
@@ -572,7 +583,9 @@ def _run(
                 with timed(durations, "warm-cache"):
                     cache_from = warm_cache(request, settings)
             with timed(durations, "build"):
-                built = retrying(build_image, settings)(request, checkout, tag, settings, cache_from)
+                built = retrying(build_image, settings)(
+                    request, checkout, tag, settings, cache_from, fork=fork
+                )
     finally:
         git.remove_workspace(workspace)
     if published is not None:

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="build secret values by ENV_VAR name, filled from the credentials block (not from here)",
     )
+    fork_build_secrets: bool = Field(
+        default=False,
+        description="pass the build secrets to builds of fork PRs too (their Dockerfile can read them)",
+    )
     docker_cli: str | None = Field(
         default=None,
         description="the Docker client that builds; default: buildx where it exists, else one "

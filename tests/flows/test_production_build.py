@@ -323,3 +323,49 @@ def test_an_engine_lost_mid_build_is_retried_and_never_the_prs_failure(
     assert "lost the Docker engine during the build" in logs
     assert "failure" not in statuses
     assert statuses == ["pending", "success"]
+
+
+def test_a_forks_build_gets_no_build_secrets_by_default(
+    seed: tuple[GitHttpServer, str, str],
+    registry: Registry,
+    image_cleanup: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, owner, _ = seed
+    app = Remote(f"{owner}/app", server.root / f"{owner}/app.git", server.root / "_work" / owner / "app")
+    probe = (
+        f"FROM {BASE_IMAGE}\n"
+        "RUN --mount=type=secret,id=npm if [ -s /run/secrets/npm ]; then echo secret-present; "
+        f"else echo secret-absent; fi; echo {uuid.uuid4().hex}\n"
+    )
+    sha = app.commit({"Dockerfile": probe}, "a fork's Dockerfile")
+    monkeypatch.setenv("NPM_TOKEN_FORK_TEST", "npm_" + secrets.token_hex(8))
+    settings = seed_settings(
+        server, owner, registry, build_secrets="npm=NPM_TOKEN_FORK_TEST", fork_policy="allow"
+    )
+
+    fork = run(settings, repository=f"{owner}/app", pr_number=10, head_sha=sha, fork=True)
+    assert fork.is_completed(), fork.message
+    image_cleanup.append(fork.result().image)
+    logs = flow_run_logs(fork)
+    assert "secret-absent" in logs
+    assert "build secrets npm withheld from a fork's build" in logs
+
+    trusted = run(
+        seed_settings(
+            server,
+            owner,
+            registry,
+            build_secrets="npm=NPM_TOKEN_FORK_TEST",
+            fork_policy="allow",
+            fork_build_secrets=True,
+        ),
+        repository=f"{owner}/app",
+        pr_number=11,
+        head_sha=sha,
+        fork=True,
+        force_rebuild=True,
+    )
+    assert trusted.is_completed(), trusted.message
+    image_cleanup.append(trusted.result().image)
+    assert "secret-present" in flow_run_logs(trusted)
