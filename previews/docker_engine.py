@@ -543,7 +543,7 @@ class DockerEngine:
                 cache_from=spec.cache_from,
                 secret_ids=list(secret_values),
             )
-            env = self._cli_environment(cli, workdir, secret_values, login)
+            env = self._cli_environment(workdir, secret_values, login)
             timed_out = _run_streaming(argv, cwd=context, env=env, timeout=spec.timeout, feed=lines.feed)
             lines.flush()
             if timed_out:
@@ -579,7 +579,6 @@ class DockerEngine:
 
     def _cli_environment(
         self,
-        cli: BuildCli,
         workdir: Path,
         secrets: Mapping[str, SecretStr],
         login: RegistryLogin | None,
