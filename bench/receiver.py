@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import socket
@@ -32,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
+
+from previews.signature import sign
 
 SECRET = "bench-secret"
 
@@ -52,7 +52,7 @@ def _request(body: bytes) -> dict[str, str]:
         "Content-Type": "application/json",
         "X-GitHub-Event": "pull_request",
         "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "X-Hub-Signature-256": sign(body, SECRET),
     }
 
 

@@ -431,7 +431,7 @@ def preview_image(
         flow_run_id=run_id,
     )
 
-    client = GitHubClient.from_settings(settings, backoff=settings.retry_delay)
+    client = GitHubClient.from_settings(settings)
     reporter = StatusReporter(
         client, request.repository, settings.status_context, flow_run_url(settings), logger
     )

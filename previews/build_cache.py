@@ -8,7 +8,6 @@ pulled only costs time, so failures are reported to the caller, never raised.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import datetime
 
 import docker
@@ -17,6 +16,7 @@ import requests
 from pydantic import SecretStr
 
 from previews.errors import PreviewsError
+from previews.redact import Redactor
 from previews.registry.oci import OciRegistry
 
 
@@ -46,7 +46,7 @@ def pull(
         return f"{reference!r} is not registry/repository:tag"
     secret = password.get_secret_value() if password is not None else ""
     auth = {"username": username, "password": secret} if username and secret else None
-    redact: Callable[[str], str] = (lambda text: text.replace(secret, "***")) if secret else str
+    redact = Redactor([secret])
     try:
         for chunk in client.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
             if isinstance(chunk, dict) and ("error" in chunk or "errorDetail" in chunk):

@@ -55,6 +55,7 @@ from previews.errors import (
     TransientPushError,
     ValidationError,
 )
+from previews.redact import Redactor
 
 LOG_TAIL_LINES = 30
 _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
@@ -185,18 +186,6 @@ def classify_push_error(
     if (status is not None and (status >= 500 or status == 429)) or _TRANSIENT_RE.search(message):
         return TransientPushError(f"registry push failed (transient): {message}", status=status)
     return PushError(f"registry refused the push: {message}", status=status)
-
-
-class _Redactor:
-    """Replaces every occurrence of the given secrets in text that leaves this module."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 class _LineSplitter:
@@ -514,7 +503,7 @@ class DockerEngine:
         context, dockerfile = _context_and_dockerfile(spec)
         cli, skipped = resolve_build_cli(docker_cli)
         secret_values = dict(secrets or {})
-        redact = _Redactor(
+        redact = Redactor(
             [v.get_secret_value() for v in secret_values.values()]
             + ([login.password.get_secret_value()] if login is not None else [])
         )
@@ -627,7 +616,7 @@ class DockerEngine:
         if timeout <= 0:
             raise ValidationError("timeout", f"{timeout} must be positive")
         secret = password.get_secret_value()
-        redact = _Redactor([secret])
+        redact = Redactor([secret])
         lines = _LineSplitter(on_line, redact)
         reference = f"{image_name}:{tag}"
         digest: str | None = None
@@ -687,7 +676,7 @@ class DockerEngine:
         return PushedImage(reference=reference, digest=digest, duration_s=round(time.monotonic() - start, 3))
 
     def _confirm_auth(
-        self, image_name: str, username: str, secret: str, error: AuthError, redact: _Redactor
+        self, image_name: str, username: str, secret: str, error: AuthError, redact: Redactor
     ) -> AuthError | TransientPushError:
         """Tell wrong credentials from a registry hiccup, for a 401 only.
 

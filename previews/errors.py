@@ -8,6 +8,8 @@
     ├── SignatureError           a webhook delivery's signature is missing or wrong (HTTP 401)
     ├── PermanentError           a remote said no for good: auth, 4xx, missing ref; never retried
     │   ├── AuthError            401/403 from a registry, git remote or GitHub
+    │   ├── CrossOriginError     a remote pointed a request at another origin (Link, Location, redirect,
+    │   │                        token realm); refused, so credentials never leave the configured origin
     │   ├── BuildError           the Dockerfile failed; carries the tail of the build log
     │   ├── PushError            the registry refused the push for good
     │   ├── GitError             clone/fetch/checkout failed for good (unknown SHA, ambiguous short SHA)
@@ -63,6 +65,18 @@ class AuthError(PermanentError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class CrossOriginError(PermanentError):
+    """A remote's ``Link``, ``Location``, redirect or token ``realm`` named an origin we must not follow.
+
+    ``origin`` is the foreign ``scheme://host:port``; ``allowed`` the origin the client was configured for.
+    """
+
+    def __init__(self, message: str, *, origin: str, allowed: str) -> None:
+        super().__init__(message)
+        self.origin = origin
+        self.allowed = allowed
 
 
 class BuildError(PermanentError):

@@ -35,6 +35,7 @@ from previews.core.names import (
 )
 from previews.core.request import Sibling
 from previews.errors import AuthError, GitError, TransientGitError, ValidationError
+from previews.redact import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def repository_url(template: str, repository: str) -> str:
 
 def check_url(url: str, *, field: str = "url") -> str:
     """Refuse URLs git must not be given: embedded credentials, option-like text, other protocols."""
-    shown = _redact_url(url)
+    shown = Redactor()(url)
     if not url or url.startswith("-") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise ValidationError(field, f"{shown!r} is not a usable git URL")
     if url.startswith("/"):
@@ -86,10 +87,6 @@ def check_url(url: str, *, field: str = "url") -> str:
     return url
 
 
-def _redact_url(url: str) -> str:
-    return re.sub(r"(?<=//)[^/@]*@", "***@", url)
-
-
 class _Git:
     """Runs git commands in one directory with the hardened environment, a shared deadline and redaction."""
 
@@ -97,7 +94,7 @@ class _Git:
         self.cwd = cwd
         self.cmd = Git(str(cwd))
         self.deadline = deadline
-        self.url = _redact_url(url)
+        self.url = Redactor()(url)
         self.env = _environment(token, cwd)
         self.secrets = _secret_forms(token)
 
@@ -166,13 +163,6 @@ def _secret_forms(token: SecretStr | None) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    text = re.sub(r"(?i)(authorization:\s*\w+\s+)\S+", r"\1***", text)
-    return _redact_url(text)
-
-
 def _stderr_of(exc: GitCommandError) -> str:
     raw = exc.stderr
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
@@ -206,7 +196,7 @@ _TRANSIENT = re.compile(
 def _translate(
     exc: GitCommandError, *, action: str, url: str, sha: str | None, secrets: Sequence[str]
 ) -> Exception:
-    stderr = _redact(_stderr_of(exc), secrets)
+    stderr = Redactor(secrets)(_stderr_of(exc))
     lines = stderr.splitlines()
     said = [line for line in lines if line.startswith(("fatal:", "error:", "remote:"))] or lines[-3:]
     detail = "; ".join(said)[-_STDERR_TAIL:] or f"exit status {exc.status}"

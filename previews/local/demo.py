@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 import json
 import secrets
 import shutil
@@ -22,6 +20,7 @@ import git
 import httpx
 
 from previews.errors import PreviewsError
+from previews.signature import sign
 
 DEMO_REPOSITORY = "demo-org/preview-demo"
 DEMO_PR = 2
@@ -168,7 +167,7 @@ def send_and_wait(
     """Send one signed delivery, wait for ``pr-<N>-<sha>`` in the registry, and describe what happened."""
     body = delivery_body(project)
     delivery = str(uuid.uuid4())
-    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    signature = sign(body, secret)
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": "pull_request",
