@@ -294,8 +294,9 @@ def checkout(
 
     A 40-hex ``sha`` is fetched directly; a short one is resolved against ``refs/pull/<pr_number>/head``
     and must be a prefix of that commit. ``token`` is sent to the app's remote only; siblings get
-    ``siblings_token`` (``token`` when None). A sibling without a ref gets its remote's default branch. ``fetch_base`` (a full SHA) is fetched with enough history for
-    :func:`changed_files` to diff from the merge base. ``timeout`` bounds the whole checkout.
+    ``siblings_token`` (``token`` when None). A sibling without a ref gets its remote's default branch.
+    ``fetch_base`` (a full SHA) is fetched with enough history for :func:`changed_files` to diff from the
+    merge base. ``timeout`` bounds the whole checkout.
     Everything is validated before anything is created.
     """
     started = time.monotonic()
