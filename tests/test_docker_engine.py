@@ -47,7 +47,7 @@ from previews.errors import (
 from tests.support.faultproxy import FaultProxy
 from tests.support.processes import processes_with, wait_until_gone, wait_until_running
 from tests.support.services import Registry
-from tests.support.socket_proxy import EngineProxy
+from tests.support.socket_proxy import EngineProxy, socket_dir
 
 REPO = "enginetest/app"
 
@@ -76,11 +76,6 @@ RUN echo this-stage-must-not-run
 
 def new_tag(pr: int = 1) -> str:
     return f"pr-{pr}-{secrets.token_hex(20)}"
-
-
-def short_dir() -> Path:
-    """A short temporary directory (a Unix socket path must stay under 108 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="pv-", dir="/tmp"))
 
 
 @pytest.fixture
@@ -392,8 +387,7 @@ def test_a_cancelled_caller_stops_the_build(tmp_path: Path, base_image: str) -> 
 def test_an_engine_that_goes_away_mid_build_is_transient(tmp_path: Path, base_image: str) -> None:
     marker = f"gone-{secrets.token_hex(6)}"
     (tmp_path / "Dockerfile").write_text(sleeping_dockerfile(base_image, marker))
-    sockets = short_dir()
-    with EngineProxy(sockets / "engine.sock") as proxy:
+    with socket_dir() as sockets, EngineProxy(sockets / "engine.sock") as proxy:
         engine = DockerEngine(docker.DockerClient(base_url=proxy.host, timeout=60), docker_host=proxy.host)
         outcome: list[BaseException] = []
 

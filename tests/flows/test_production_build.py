@@ -9,7 +9,6 @@ import io
 import json
 import secrets
 import tarfile
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from tests.support.prefect_api import flow_run_logs, task_run_counts
 from tests.support.processes import wait_until_gone, wait_until_running
 from tests.support.sample import make_sample
 from tests.support.services import BASE_IMAGE, Registry, Remote, git, make_remote
-from tests.support.socket_proxy import EngineProxy
+from tests.support.socket_proxy import EngineProxy, socket_dir
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
 
@@ -280,9 +279,8 @@ def test_an_engine_lost_mid_build_is_retried_and_never_the_prs_failure(
         "slow",
     )
     sample.app.push_pr_ref(9, head)
-    sockets = Path(tempfile.mkdtemp(prefix="pv-", dir="/tmp"))
-    path = sockets / "engine.sock"
-    with FakeGitHub() as github:
+    with socket_dir() as sockets, FakeGitHub() as github:
+        path = sockets / "engine.sock"
         github.add_pull(sample.app.repository, 9, head_sha=head, base_sha=base)
         settings = Settings(
             registry=registry.host,

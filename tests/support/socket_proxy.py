@@ -12,12 +12,25 @@ through it. The engine itself keeps running; it sees its clients disconnect.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+@contextlib.contextmanager
+def socket_dir() -> Iterator[Path]:
+    """A short temporary directory for a socket (a Unix socket path must stay under 108 bytes); removed after."""
+    path = Path(tempfile.mkdtemp(prefix="pv-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class EngineProxy:
