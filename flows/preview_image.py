@@ -39,11 +39,11 @@ from previews.core import plan, status
 from previews.core.fingerprint import is_published
 from previews.core.names import parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
-from previews.core.plan import BuildConfig, BuildSpec, PreviewParams, Subject
+from previews.core.plan import BuildConfig, BuildSpec, PreviewParams, Skip, Subject
 from previews.core.request import BuildRequest
 from previews.core.status import StatusUpdate
 from previews.core.supersede import SupersedeDecision, run_tags, stale_after
-from previews.docker_engine import BuiltImage, DockerEngine, PushedImage
+from previews.docker_engine import BuiltImage, DockerEngine, PushedImage, RegistryLogin
 from previews.errors import PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
 from previews.github.client import GitHubClient, PullRequestInfo
@@ -147,7 +147,7 @@ def checkout_source(
     )
     logger.info("Checked out %s at %s", request.repository, result.head_sha)
     for name, sha in result.siblings.items():
-        logger.info("Checked out sibling %s at %s", name, sha)
+        logger.info("Checked out sibling %s (%s) at %s", name, result.sibling_refs.get(name, "?"), sha)
     return result
 
 
@@ -176,7 +176,12 @@ def check_published(
 
 @task(name="warm-cache", cache_policy=NO_CACHE)
 def warm_cache(
-    registry: OciRegistry, engine: DockerEngine, request: BuildRequest, config: BuildConfig, login: PushLogin
+    registry: OciRegistry,
+    engine: DockerEngine,
+    request: BuildRequest,
+    config: BuildConfig,
+    login: RegistryLogin | None,
+    timeout: float,
 ) -> tuple[str, ...]:
     """Pull the PR's newest image (else ``PREVIEWS_CACHE_FROM_FALLBACK``) to use as ``cache_from``."""
     logger = get_run_logger()
@@ -187,10 +192,9 @@ def warm_cache(
         logger.warning("could not list the PR's images for the build cache: %s", exc)
     sources = plan.cache_sources(config, request, newest)
     for source in sources:
-        auth = login if source.ours else PushLogin()
-        failure = engine.pull(
-            source.reference, username=auth.username, password=auth.password, timeout=login.timeout
-        )
+        auth = login if source.ours else None  # the push credentials go to the push registry only
+        username, password = (auth.username, auth.password) if auth else (None, None)
+        failure = engine.pull(source.reference, username=username, password=password, timeout=timeout)
         if failure is None:
             logger.info("build cache: pulled %s", source.reference)
             return (source.reference,)
@@ -201,29 +205,39 @@ def warm_cache(
 
 
 @task(name="build", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def build_image(engine: DockerEngine, spec: BuildSpec) -> BuiltImage:
-    """Build the production Dockerfile at the checked-out commit, streaming its output into the run log."""
+def build_image(
+    engine: DockerEngine,
+    spec: BuildSpec,
+    secrets: dict[str, SecretStr],
+    login: RegistryLogin | None,
+    docker_cli: str | None,
+) -> BuiltImage:
+    """Build the production Dockerfile at the checked-out commit with BuildKit, streaming into the run log."""
     logger = get_run_logger()
-    built = engine.build(spec, on_line=logger.info)
+    built = engine.build(spec, on_line=logger.info, secrets=secrets, login=login, docker_cli=docker_cli)
     logger.info("Built %s (%d of %d steps cached)", spec.image_ref, built.cached_steps, built.steps)
     return built
 
 
 @task(name="push", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
 def push_image(
-    engine: DockerEngine, request: BuildRequest, tag: str, login: PushLogin, protected: tuple[str, ...]
+    engine: DockerEngine,
+    request: BuildRequest,
+    tag: str,
+    login: RegistryLogin | None,
+    protected: tuple[str, ...],
+    timeout: float,
 ) -> PushedImage:
     """Push ``pr-<N>-<sha>`` (the tag policy is checked again right before the network call)."""
     logger = get_run_logger()
-    assert login.username is not None  # the plan skips runs without push credentials
-    assert login.password is not None
+    assert login is not None  # the plan skips runs without push credentials
     pushed = engine.push(
         request.image_name,
         tag,
         username=login.username,
         password=login.password,
         protected=protected,
-        timeout=login.timeout,
+        timeout=timeout,
         on_line=logger.info,
     )
     logger.info("Pushed %s@%s", pushed.reference, pushed.digest)
@@ -260,15 +274,6 @@ def notify_infra(
 
 
 @dataclass(frozen=True, slots=True)
-class PushLogin:
-    """The push registry's credentials and the push timeout (pulls of the PR's own images use them too)."""
-
-    username: str | None = None
-    password: SecretStr | None = None
-    timeout: float = 900.0
-
-
-@dataclass(frozen=True, slots=True)
 class _Run:
     """One run's validated parameters, settings, clients, commit-status reporter and stopwatch."""
 
@@ -290,9 +295,8 @@ class _Run:
         return stale_after(self.settings.build_timeout, self.settings.push_timeout)
 
     @property
-    def login(self) -> PushLogin:
-        s = self.settings
-        return PushLogin(s.registry_username, s.registry_token, s.push_timeout)
+    def login(self) -> RegistryLogin | None:
+        return self.wiring.registry_login()
 
     def retrying(self, step: Task[P, R]) -> Task[P, R]:
         """``step`` with this run's retry count and backoff."""
@@ -392,12 +396,19 @@ def _preview(run: _Run) -> State:
         ended = _supersede(run, run.run_id)
         if ended is not None:
             return ended
+    secrets = run.wiring.build_secrets()  # a secret without a value fails here, before any work
     subject = _subject(run)
     skip = plan.skip_before_checkout(subject, run.config)
     if skip is not None:
         get_run_logger().warning("%s", skip.reason)
         return _finish(run, plan.skipped(run.params, skip.reason), skip.status)
-    return _build_and_publish(run, subject)
+    given = plan.secrets_for(subject, secrets, run.config)
+    if secrets and not given:
+        get_run_logger().warning(
+            "build secrets %s withheld from a fork's build (PREVIEWS_FORK_BUILD_SECRETS=true passes them)",
+            ", ".join(sorted(secrets)),
+        )
+    return _build_and_publish(run, subject, given)
 
 
 def _supersede(run: _Run, run_id: str) -> State | None:
@@ -439,7 +450,7 @@ def _subject(run: _Run) -> Subject:
     return subject
 
 
-def _build_and_publish(run: _Run, subject: Subject) -> State:
+def _build_and_publish(run: _Run, subject: Subject, secrets: dict[str, SecretStr]) -> State:
     """Check out the commit; skip a docs-only change; build (or reuse) the image; then publish it."""
     workspace = _fresh_workspace(run)
     try:
@@ -448,17 +459,24 @@ def _build_and_publish(run: _Run, subject: Subject) -> State:
                 run.wiring.git(), run.request, workspace / "ws", subject.base_sha
             )
         run.reporter.use_sha(checkout.head_sha)
-        if subject.base_sha is not None:
-            skip = plan.skip_docs_only(list_changed_files(checkout, subject.base_sha), run.config)
-            if skip is not None:
-                get_run_logger().info("%s", skip.reason)
-                return _finish(
-                    run, plan.skipped(run.params, skip.reason, head_sha=checkout.head_sha), skip.status
-                )
-        image = _image(run, checkout)
+        skip = _docs_only(run, checkout, subject.base_sha)
+        if skip is not None:
+            get_run_logger().info("%s", skip.reason)
+            result = plan.skipped(run.params, skip.reason, head_sha=checkout.head_sha)
+            return _finish(run, result, skip.status)
+        image = _image(run, checkout, secrets)
     finally:
         git.remove_workspace(workspace)
     return _publish(run, checkout.head_sha, image)
+
+
+def _docs_only(run: _Run, checkout: git.CheckoutResult, base_sha: str | None) -> Skip | None:
+    """The path filter over the PR's changed paths (known only with a base commit)."""
+    if base_sha is None:
+        return None
+    paths = run.config.path_filter.decide(list_changed_files(checkout, base_sha))
+    get_run_logger().info("path filter: %s", paths.reason)
+    return plan.skip_docs_only(paths)
 
 
 def _fresh_workspace(run: _Run) -> Path:
@@ -472,28 +490,37 @@ def _fresh_workspace(run: _Run) -> Path:
     return workspace
 
 
-def _image(run: _Run, checkout: git.CheckoutResult) -> _Image:
+def _image(run: _Run, checkout: git.CheckoutResult, secrets: dict[str, SecretStr]) -> _Image:
     """The tag, and the image already published for it with these settings, or else a fresh build."""
-    config, request = run.config, run.request
-    tag = plan.tag_for(request, checkout.head_sha, config)
-    fingerprint = plan.fingerprint_of(config, request, checkout.siblings)
+    tag = plan.tag_for(run.request, checkout.head_sha, run.config)
+    fingerprint = plan.fingerprint_of(run.config, run.request, checkout.siblings)
     published = _published(run, tag, checkout.head_sha, fingerprint)
     if published is not None:
         return _Image(tag, published=published)
-    with ExitStack() as stack:
-        engine = run.wiring.docker()
-        cache_from: tuple[str, ...] = ()
-        if config.cache_from_enabled:
-            registry = stack.enter_context(run.wiring.registry())
-            with run.clock("warm-cache"):
-                cache_from = warm_cache(registry, engine, request, config, run.login)
-        labels = plan.image_labels(
-            request, head_sha=checkout.head_sha, fingerprint=fingerprint, created=datetime.now(UTC)
-        )
-        paths = checkout.build_paths(config.build_context, config.dockerfile)
-        spec = plan.build_spec(config, request, paths=paths, tag=tag, labels=labels, cache_from=cache_from)
-        with run.clock("build"):
-            return _Image(tag, built=run.retrying(build_image)(engine, spec))
+    return _Image(tag, built=_build(run, checkout, tag, fingerprint, secrets))
+
+
+def _build(
+    run: _Run, checkout: git.CheckoutResult, tag: str, fingerprint: str, secrets: dict[str, SecretStr]
+) -> BuiltImage:
+    """Warm the cache (when enabled), then build the spec the plan gives."""
+    config, request, engine = run.config, run.request, run.wiring.docker()
+    cache_from: tuple[str, ...] = ()
+    if config.cache_from_enabled:
+        with run.clock("warm-cache"), run.wiring.registry() as registry:
+            cache_from = warm_cache(registry, engine, request, config, run.login, run.settings.push_timeout)
+    labels = plan.image_labels(
+        config,
+        request,
+        head_sha=checkout.head_sha,
+        tag=tag,
+        fingerprint=fingerprint,
+        created=datetime.now(UTC),
+    )
+    paths = checkout.build_paths(config.build_context, config.dockerfile)
+    spec = plan.build_spec(config, request, paths=paths, tag=tag, labels=labels, cache_from=cache_from)
+    with run.clock("build"):
+        return run.retrying(build_image)(engine, spec, secrets, run.login, run.settings.docker_cli)
 
 
 def _published(run: _Run, tag: str, head_sha: str, fingerprint: str) -> str | None:
@@ -525,9 +552,12 @@ def _publish(run: _Run, head_sha: str, image: _Image) -> State:
             if late.verdict == "superseded":
                 return _superseded(run, late)
         with run.clock("push"):
-            pushed = run.retrying(push_image)(
-                run.wiring.docker(), request, image.tag, run.login, run.config.protected_tags
+            engine, protected, timeout = (
+                run.wiring.docker(),
+                run.config.protected_tags,
+                run.settings.push_timeout,
             )
+            pushed = run.retrying(push_image)(engine, request, image.tag, run.login, protected, timeout)
     target = run.wiring.infra_target(run.github)
     with run.clock("notify-infra"):
         notified = run.retrying(notify_infra)(

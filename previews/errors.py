@@ -22,6 +22,7 @@
     │       └── RegistryNotFoundError  404: no such repository, tag or manifest
     └── TransientError           worth retrying: 5xx, 429, timeouts, connection resets
         ├── DockerUnavailableError   no Docker engine answers at DOCKER_HOST (absent, stopped or lost)
+        ├── TransientBuildError  the Docker engine went away mid-build (not the Dockerfile's fault)
         ├── TransientPushError
         ├── TransientGitError
         ├── TransientGitHubError
@@ -121,6 +122,17 @@ class DockerUnavailableError(TransientError):
         super().__init__(f"no Docker engine answers at {address}{where} ({reason})")
         self.address = address
         self.reason = reason
+
+
+class TransientBuildError(TransientError):
+    """The build failed for a reason outside the Dockerfile: the engine or the network went away.
+
+    ``log_tail`` holds the last lines of the build output.
+    """
+
+    def __init__(self, message: str, *, log_tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.log_tail = list(log_tail or [])
 
 
 class TransientPushError(TransientError):

@@ -16,7 +16,7 @@ import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,6 +56,7 @@ class CheckoutResult:
     head_sha: str
     siblings: Mapping[str, str]
     duration_s: float
+    sibling_refs: Mapping[str, str] = field(default_factory=dict)  # name -> the ref fetched (default branch)
 
     def build_paths(self, context: str, dockerfile: str) -> BuildPaths:
         """The workspace, and the build context and Dockerfile given relative to the app, as they are on disk.
@@ -72,10 +73,12 @@ class CheckoutResult:
 
 @dataclass(frozen=True, slots=True)
 class GitSource:
-    """Where the pipeline fetches from: a clone URL template (``{repository}``), a token, the app's directory."""
+    """Where the pipeline fetches from: a clone URL template (``{repository}``), the app's token and the
+    siblings' token (the app's when None), and the app's directory in the workspace."""
 
     url_template: str
     token: SecretStr | None = None
+    siblings_token: SecretStr | None = None
     app_dir: str = "app"
 
     def checkout(
@@ -96,6 +99,7 @@ class GitSource:
             pr_number=pr_number,
             siblings=[(s, repository_url(self.url_template, s.repository)) for s in siblings],
             token=self.token,
+            siblings_token=self.siblings_token,
             app_name=self.app_dir,
             fetch_base=fetch_base,
         )
@@ -308,6 +312,18 @@ def _fetch_base(runner: _Git, *, head: str, base: str) -> None:
         runner("fetch", "-q", depth, "--no-tags", "origin", "--", head, base, action="fetch", sha=base)
 
 
+_SYMREF_RE = re.compile(r"^ref: (refs/heads/[^\t\n]+)\tHEAD$", re.MULTILINE)
+
+
+def _default_branch(runner: _Git) -> str:
+    """The branch the remote's ``HEAD`` points at (``refs/heads/<name>``); ``HEAD`` if it does not say."""
+    listing = runner("ls-remote", "--symref", "origin", "HEAD", action="ls-remote")
+    match = _SYMREF_RE.search(listing)
+    if match is None:
+        return "HEAD"
+    return parse_git_ref(match.group(1), field="default branch")
+
+
 def checkout(
     *,
     workspace: Path,
@@ -316,6 +332,7 @@ def checkout(
     pr_number: int,
     siblings: Sequence[tuple[Sibling, str]] = (),
     token: SecretStr | None = None,
+    siblings_token: SecretStr | None = None,
     app_name: str = "app",
     timeout: float = 600.0,
     fetch_base: str | None = None,
@@ -323,8 +340,10 @@ def checkout(
     """Check out ``sha`` of the PR into ``workspace/app_name`` and each sibling into ``workspace/<name>``.
 
     A 40-hex ``sha`` is fetched directly; a short one is resolved against ``refs/pull/<pr_number>/head``
-    and must be a prefix of that commit. ``fetch_base`` (a full SHA) is fetched with enough history for
-    :func:`changed_files` to diff from the merge base. ``timeout`` bounds the whole checkout.
+    and must be a prefix of that commit. ``token`` is sent to the app's remote only; siblings get
+    ``siblings_token`` (``token`` when None). A sibling without a ref gets its remote's default branch.
+    ``fetch_base`` (a full SHA) is fetched with enough history for :func:`changed_files` to diff from the
+    merge base. ``timeout`` bounds the whole checkout.
     Everything is validated before anything is created.
     """
     started = time.monotonic()
@@ -333,12 +352,13 @@ def checkout(
     app = parse_dir_name(app_name, field="app_dir")
     base_sha = parse_sha(fetch_base, field="base_sha", full=True) if fetch_base is not None else None
     app_url = check_url(url)
-    planned: list[tuple[str, str, str]] = []
+    planned: list[tuple[str, str | None, str]] = []
     for sibling, sibling_url in siblings:
         name = parse_dir_name(sibling.name, field="siblings")
         if name in {app, *(p[0] for p in planned)}:
             raise ValidationError("siblings", f"{name!r} is used twice in the workspace")
-        planned.append((name, parse_git_ref(sibling.ref, field="siblings"), check_url(sibling_url)))
+        ref = parse_git_ref(sibling.ref, field="siblings") if sibling.ref is not None else None
+        planned.append((name, ref, check_url(sibling_url)))
     if timeout <= 0:
         raise ValidationError("timeout", f"must be positive, got {timeout}")
 
@@ -354,10 +374,17 @@ def checkout(
         _fetch_base(runner, head=head, base=base_sha)
 
     checked: dict[str, str] = {}
-    for name, ref, sibling_url in planned:
+    refs: dict[str, str] = {}
+    for name, wanted, sibling_url in planned:
         target = workspace / name
-        sib = _Git(target, token=token, deadline=deadline, url=sibling_url)
+        sib = _Git(
+            target,
+            token=siblings_token if siblings_token is not None else token,
+            deadline=deadline,
+            url=sibling_url,
+        )
         _fresh_repository(target, sibling_url, sib)
+        ref = refs[name] = wanted if wanted is not None else _default_branch(sib)
         logger.info("Fetching sibling %s from %s at %s", name, sib.url, ref)
         sib("fetch", "-q", "--depth=1", "--no-tags", "origin", "--", ref, action="fetch", sha=ref)
         checked[name] = _checked_out(sib, ref if FULL_SHA_RE.fullmatch(ref) else None, what=f"sibling {name}")
@@ -367,6 +394,7 @@ def checkout(
         head_sha=head,
         siblings=checked,
         duration_s=time.monotonic() - started,
+        sibling_refs=refs,
     )
 
 

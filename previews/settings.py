@@ -12,7 +12,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from previews.core.labels import github_server_url
 from previews.core.names import parse_registry
+from previews.core.paths import PathFilter, choose_filter
 from previews.core.plan import BuildConfig
 
 
@@ -46,7 +48,13 @@ class Settings(BaseSettings):
 
     # Source checkout
     git_url_template: str = "https://github.com/{repository}.git"
-    git_token: SecretStr | None = None
+    git_token: SecretStr | None = Field(
+        default=None,
+        description="token for the app repository; also for siblings when no sibling token is set",
+    )
+    siblings_git_token: SecretStr | None = Field(
+        default=None, description="token for sibling repositories; also for the app when no git_token is set"
+    )
     siblings: str = Field(default="", description="name=owner/repo@ref,... checked out beside the app")
     workspace_root: Path | None = None
     app_dir: str = Field(default="app", description="directory of the PR checkout inside the workspace")
@@ -56,6 +64,22 @@ class Settings(BaseSettings):
     build_context: str = "."
     build_target: str | None = None
     build_args: str = Field(default="", description="KEY=VALUE,... passed as docker build args")
+    build_secrets: str = Field(
+        default="", description="id=ENV_VAR,... build secrets for RUN --mount=type=secret,id=<id>"
+    )
+    build_secret_values: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="build secret values by ENV_VAR name, filled from the credentials block (not from here)",
+    )
+    fork_build_secrets: bool = Field(
+        default=False,
+        description="pass the build secrets to builds of fork PRs too (their Dockerfile can read them)",
+    )
+    docker_cli: str | None = Field(
+        default=None,
+        description="the Docker client that builds; default: buildx where it exists, else one "
+        "that supports DOCKER_BUILDKIT=1",
+    )
     build_timeout: float = Field(default=1800.0, gt=0)
     push_timeout: float = Field(default=900.0, gt=0)
     # Build cache and reruns (issue 5)
@@ -79,7 +103,11 @@ class Settings(BaseSettings):
     infra_repository: str | None = None
     infra_webhook_url: str | None = None
     infra_webhook_secret: SecretStr | None = None
-    paths_ignore: str = "docs/**,**/*.md"
+    paths_ignore: str | None = Field(
+        default=None,
+        description="GitHub Actions paths-ignore patterns, comma-separated; default docs/**,**/*.md",
+    )
+    paths: str | None = Field(default=None, description="GitHub Actions paths patterns ('!' excludes)")
     fork_policy: Literal["skip", "label", "allow"] = "skip"
     fork_label: str = "safe-to-preview"
     status_context: str = "previews/image"
@@ -122,9 +150,17 @@ class Settings(BaseSettings):
         extra = tuple(p.strip() for p in self.protected_tags.split(",") if p.strip())
         return DEFAULT_PROTECTED + extra
 
-    def paths_ignore_globs(self) -> tuple[str, ...]:
-        """``PREVIEWS_PATHS_IGNORE`` split on commas: gitignore-style globs of docs-only paths."""
-        return tuple(g.strip() for g in self.paths_ignore.split(",") if g.strip())
+    def app_git_token(self) -> SecretStr | None:
+        """The app repository's token: ``PREVIEWS_GIT_TOKEN``, else the siblings' token."""
+        return self.git_token or self.siblings_git_token
+
+    def sibling_git_token(self) -> SecretStr | None:
+        """The sibling repositories' token: ``PREVIEWS_SIBLINGS_GIT_TOKEN``, else the app's token."""
+        return self.siblings_git_token or self.git_token
+
+    def path_filter(self) -> PathFilter:
+        """The docs-only filter: ``PREVIEWS_PATHS`` or ``PREVIEWS_PATHS_IGNORE`` (both set is an error)."""
+        return choose_filter(paths=self.paths, paths_ignore=self.paths_ignore)
 
     def build_config(self) -> BuildConfig:
         """The settings the build plan reads, as plain values (:mod:`previews.core.plan`)."""
@@ -136,13 +172,15 @@ class Settings(BaseSettings):
             protected_tags=self.protected_tag_patterns(),
             fork_policy=self.fork_policy,
             fork_label=self.fork_label,
-            paths_ignore=self.paths_ignore_globs(),
+            path_filter=self.path_filter(),
             dockerfile=self.dockerfile,
             build_context=self.build_context,
             build_target=self.build_target,
             build_args=self.build_arg_map(),
             build_timeout=self.build_timeout,
             has_push_credentials=self.has_push_credentials,
+            fork_build_secrets=self.fork_build_secrets,
+            server_url=github_server_url(self.github_api_url),
             cache_from_enabled=self.cache_from_enabled,
             cache_from_fallback=self.cache_from_fallback,
         )

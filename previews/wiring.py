@@ -8,9 +8,13 @@ Prefect, Docker or git, and a flow run never loads the receiver.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
+from previews.core.buildkit import parse_build_secrets, resolve_build_secrets
 from previews.core.names import parse_image_repository
 from previews.core.retention import Backend, RetentionRules
 from previews.errors import ValidationError
@@ -19,7 +23,7 @@ from previews.settings import Settings
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from previews.docker_engine import DockerEngine
+    from previews.docker_engine import DockerEngine, RegistryLogin
     from previews.git import GitSource
     from previews.github.client import GitHubClient
     from previews.github.infra import InfraTarget, NoTarget
@@ -93,11 +97,32 @@ class Wiring:
     # --- build and push -----------------------------------------------------------------------------------
 
     def git(self) -> GitSource:
-        """Where to fetch the PR and its siblings from, with the git token."""
+        """Where to fetch the PR and its siblings from, each with its own token."""
         from previews.git import GitSource
 
         s = self.settings
-        return GitSource(url_template=s.git_url_template, token=s.git_token, app_dir=s.app_dir)
+        return GitSource(
+            url_template=s.git_url_template,
+            token=s.app_git_token(),
+            siblings_token=s.sibling_git_token(),
+            app_dir=s.app_dir,
+        )
+
+    def build_secrets(self) -> dict[str, SecretStr]:
+        """``PREVIEWS_BUILD_SECRETS`` with their values: the credentials block's, else this process's environment."""
+        s = self.settings
+        return resolve_build_secrets(
+            parse_build_secrets(s.build_secrets), environ=os.environ, stored=s.build_secret_values
+        )
+
+    def registry_login(self) -> RegistryLogin | None:
+        """The push registry's credentials, for the push, the build's Docker CLI and the cache pull."""
+        from previews.docker_engine import RegistryLogin
+
+        s = self.settings
+        if s.registry_username is None or s.registry_token is None:
+            return None
+        return RegistryLogin(s.registry, s.registry_username, s.registry_token)
 
     def docker(self) -> DockerEngine:
         """The Docker engine at ``DOCKER_HOST`` (or the default socket); build and push bound their own time."""

@@ -19,21 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from previews.core import status
 from previews.core.fingerprint import FINGERPRINT_LABEL, build_fingerprint
 from previews.core.forks import decide_fork
+from previews.core.labels import oci_labels
 from previews.core.names import parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult
-from previews.core.paths import docs_only
+from previews.core.paths import PathDecision, PathFilter, choose_filter
 from previews.core.request import BuildRequest, validate_request
 from previews.core.status import StatusUpdate
 from previews.core.tags import ensure_pushable, pr_tag
 from previews.errors import BuildError, ValidationError
 
+S = TypeVar("S")
 NO_PUSH_CREDENTIALS = (
     "skipped: no push credentials (set PREVIEWS_REGISTRY_USERNAME and PREVIEWS_REGISTRY_TOKEN)"
 )
@@ -51,13 +53,15 @@ class BuildConfig:
     protected_tags: tuple[str, ...] = ()
     fork_policy: str = "skip"
     fork_label: str = "safe-to-preview"
-    paths_ignore: tuple[str, ...] = ()
+    path_filter: PathFilter = field(default_factory=lambda: choose_filter(paths=None, paths_ignore=None))
     dockerfile: str = "Dockerfile"
     build_context: str = "."
     build_target: str | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
     build_timeout: float = 1800.0
     has_push_credentials: bool = False
+    fork_build_secrets: bool = False
+    server_url: str = "https://github.com"
     cache_from_enabled: bool = True
     cache_from_fallback: str | None = None
 
@@ -232,12 +236,18 @@ def skip_before_checkout(subject: Subject, config: BuildConfig) -> Skip | None:
     return None
 
 
-def skip_docs_only(changed: Sequence[str], config: BuildConfig) -> Skip | None:
-    """Skip when every changed path matches ``PREVIEWS_PATHS_IGNORE`` (an empty change list never does)."""
-    if not docs_only(changed, config.paths_ignore):
+def skip_docs_only(paths: PathDecision) -> Skip | None:
+    """Skip when the path filter (``PREVIEWS_PATHS`` or ``PREVIEWS_PATHS_IGNORE``) finds nothing to build."""
+    if paths.build:
         return None
-    reason = f"skipped: docs-only change ({len(changed)} paths match PREVIEWS_PATHS_IGNORE)"
-    return Skip(reason, status.skipped_docs_only())
+    return Skip(f"skipped: docs-only change ({paths.reason})", status.skipped_docs_only())
+
+
+def secrets_for(subject: Subject, secrets: Mapping[str, S], config: BuildConfig) -> dict[str, S]:
+    """The build secrets this build gets: none for a fork's Dockerfile unless ``PREVIEWS_FORK_BUILD_SECRETS``."""
+    if subject.fork and not config.fork_build_secrets:
+        return {}
+    return dict(secrets)
 
 
 def tag_for(request: BuildRequest, head_sha: str, config: BuildConfig) -> str:
@@ -259,13 +269,23 @@ def fingerprint_of(config: BuildConfig, request: BuildRequest, siblings: Mapping
 
 
 def image_labels(
-    request: BuildRequest, *, head_sha: str, fingerprint: str, created: datetime
+    config: BuildConfig,
+    request: BuildRequest,
+    *,
+    head_sha: str,
+    tag: str,
+    fingerprint: str,
+    created: datetime,
 ) -> dict[str, str]:
-    """The labels of a preview image: OCI source, revision and created time, the PR, the fingerprint."""
+    """The labels of a preview image: metadata-action's OCI set, the PR and the build-settings fingerprint."""
     return {
-        "org.opencontainers.image.source": request.source_url,
-        "org.opencontainers.image.revision": head_sha,
-        "org.opencontainers.image.created": created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **oci_labels(
+            server_url=config.server_url,
+            repository=request.repository,
+            revision=head_sha,
+            created=created,
+            version=tag,
+        ),
         "previews.pr": str(request.pr_number),
         "previews.repository": request.repository,
         FINGERPRINT_LABEL: fingerprint,
