@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from prefect import Flow, Task, get_run_logger
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.exceptions import MissingContextError
 
 from blocks import load_wiring
 from previews.core.outcome import NotifyResult
@@ -88,9 +89,17 @@ class TransientOnly:
         if wait is None:
             return False
         if wait > planned:
-            get_run_logger().info("the remote asked to wait %.1fs before retrying", wait)
+            _logger().info("the remote asked to wait %.1fs before retrying", wait)
             self._sleep(wait - planned)
         return True
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The task run's logger (the line shows in the UI), or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 retry_transient_only = TransientOnly()
