@@ -554,6 +554,22 @@ class DockerEngine:
             on_line(f"not using {reason}")
         on_line(cli.describe())
         start = time.monotonic()
+        image_id = self._run_build(cli, spec, (context, dockerfile), secret_values, login, lines)
+        if not image_id:
+            raise self._build_failure(log, lines, redact)
+        return self._built(image_id, log, start)
+
+    def _run_build(
+        self,
+        cli: BuildCli,
+        spec: BuildSpec,
+        where: tuple[Path, str],
+        secrets: Mapping[str, SecretStr],
+        login: RegistryLogin | None,
+        lines: _LineSplitter,
+    ) -> str:
+        """Run the CLI's build in a private work directory; the built image's id, or "" when it failed."""
+        context, dockerfile = where
         workdir = Path(tempfile.mkdtemp(prefix="previews-build-"))
         try:
             iidfile = workdir / "iid"
@@ -566,28 +582,32 @@ class DockerEngine:
                 build_args=spec.build_args,
                 labels=spec.labels,
                 cache_from=spec.cache_from,
-                secret_ids=list(secret_values),
+                secret_ids=list(secrets),
             )
-            env = self._cli_environment(workdir, secret_values, login)
+            env = self._cli_environment(workdir, secrets, login)
             timed_out = _run_streaming(argv, cwd=context, env=env, timeout=spec.timeout, feed=lines.feed)
             lines.flush()
             if timed_out:
                 raise BuildError(f"docker build timed out after {spec.timeout:g}s", log_tail=list(lines.tail))
-            image_id = iidfile.read_text().strip() if iidfile.is_file() else ""
+            return iidfile.read_text().strip() if iidfile.is_file() else ""
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        if not image_id:
-            sentence, transient = log.failure()
-            sentence = redact(sentence)
-            if not self._engine_answers():
-                raise TransientBuildError(
-                    f"lost the Docker engine during the build: {sentence}", log_tail=list(lines.tail)
-                )
-            if transient:
-                raise TransientBuildError(
-                    f"docker build failed (transient): {sentence}", log_tail=list(lines.tail)
-                )
-            raise BuildError(f"docker build failed: {sentence}", log_tail=list(lines.tail))
+
+    def _build_failure(
+        self, log: BuildLog, lines: _LineSplitter, redact: Redactor
+    ) -> BuildError | TransientBuildError:
+        """Why a build left no image: the engine went away, a transient step failure, or the Dockerfile."""
+        sentence, transient = log.failure()
+        sentence = redact(sentence)
+        tail = list(lines.tail)
+        if not self._engine_answers():
+            return TransientBuildError(f"lost the Docker engine during the build: {sentence}", log_tail=tail)
+        if transient:
+            return TransientBuildError(f"docker build failed (transient): {sentence}", log_tail=tail)
+        return BuildError(f"docker build failed: {sentence}", log_tail=tail)
+
+    def _built(self, image_id: str, log: BuildLog, start: float) -> BuiltImage:
+        """The built image's size from the engine, and the step counts from the build's output."""
         try:
             size = int(self._client.images.get(image_id).attrs.get("Size") or 0)
         except docker.errors.NotFound as exc:
@@ -655,45 +675,12 @@ class DockerEngine:
         redact = Redactor([secret])
         lines = _LineSplitter(on_line, redact)
         reference = f"{image_name}:{tag}"
-        digest: str | None = None
         api = self._client.api
         start = time.monotonic()
         watchdog = _Watchdog(api, timeout)
-        countdown = _Countdown()
         try:
             with watchdog, _read_timeout(api, timeout):
-                stream = api.push(
-                    image_name,
-                    tag=tag,
-                    stream=True,
-                    decode=True,
-                    auth_config={"username": username, "password": secret},
-                )
-                for chunk in stream:
-                    if not isinstance(chunk, dict):
-                        continue
-                    if (failure := stream_error(chunk)) is not None:
-                        lines.flush()
-                        message = redact(clean_line(failure[0]))
-                        code = failure[1]
-                        error = classify_push_error(message or "unknown push error", status=code)
-                        if isinstance(error, AuthError) and error.status == 401:
-                            error = self._confirm_auth(image_name, username, secret, error, redact)
-                        raise error
-                    aux = chunk.get("aux")
-                    if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
-                        digest = aux["Digest"]
-                    status = chunk.get("status")
-                    if isinstance(status, str):
-                        if digest is None and (found := _DIGEST_RE.search(status)) is not None:
-                            digest = found.group(1)
-                        if chunk.get("progressDetail") and chunk.get("progress"):
-                            continue  # byte counters: one line per layer state is enough
-                        layer = chunk.get("id")
-                        if isinstance(layer, str) and countdown.repeats(layer, status):
-                            continue
-                        lines.feed(f"{layer}: {status}\n" if layer else status + "\n")
-                lines.flush()
+                digest = self._stream_push(image_name, tag, username, secret, lines, redact)
         except docker.errors.APIError as exc:
             lines.flush()
             message = redact(str(exc.explanation or exc))
@@ -712,6 +699,46 @@ class DockerEngine:
         if digest is None:
             raise PushError(f"push of {reference} ended without a manifest digest")
         return PushedImage(reference=reference, digest=digest, duration_s=round(time.monotonic() - start, 3))
+
+    def _stream_push(
+        self, image_name: str, tag: str, username: str, secret: str, lines: _LineSplitter, redact: Redactor
+    ) -> str | None:
+        """Consume the push stream: one line per layer state, the digest, or the error it reports."""
+        digest: str | None = None
+        countdown = _Countdown()
+        stream = self._client.api.push(
+            image_name,
+            tag=tag,
+            stream=True,
+            decode=True,
+            auth_config={"username": username, "password": secret},
+        )
+        for chunk in stream:
+            if not isinstance(chunk, dict):
+                continue
+            if (failure := stream_error(chunk)) is not None:
+                lines.flush()
+                message = redact(clean_line(failure[0]))
+                error = classify_push_error(message or "unknown push error", status=failure[1])
+                if isinstance(error, AuthError) and error.status == 401:
+                    error = self._confirm_auth(image_name, username, secret, error, redact)
+                raise error
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+                digest = aux["Digest"]
+            status = chunk.get("status")
+            if not isinstance(status, str):
+                continue
+            if digest is None and (found := _DIGEST_RE.search(status)) is not None:
+                digest = found.group(1)
+            if chunk.get("progressDetail") and chunk.get("progress"):
+                continue  # byte counters: one line per layer state is enough
+            layer = chunk.get("id")
+            if isinstance(layer, str) and countdown.repeats(layer, status):
+                continue
+            lines.feed(f"{layer}: {status}\n" if layer else status + "\n")
+        lines.flush()
+        return digest
 
     def _confirm_auth(
         self, image_name: str, username: str, secret: str, error: AuthError, redact: Redactor

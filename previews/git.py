@@ -352,13 +352,7 @@ def checkout(
     app = parse_dir_name(app_name, field="app_dir")
     base_sha = parse_sha(fetch_base, field="base_sha", full=True) if fetch_base is not None else None
     app_url = check_url(url)
-    planned: list[tuple[str, str | None, str]] = []
-    for sibling, sibling_url in siblings:
-        name = parse_dir_name(sibling.name, field="siblings")
-        if name in {app, *(p[0] for p in planned)}:
-            raise ValidationError("siblings", f"{name!r} is used twice in the workspace")
-        ref = parse_git_ref(sibling.ref, field="siblings") if sibling.ref is not None else None
-        planned.append((name, ref, check_url(sibling_url)))
+    planned = _planned_siblings(siblings, app)
     if timeout <= 0:
         raise ValidationError("timeout", f"must be positive, got {timeout}")
 
@@ -373,21 +367,13 @@ def checkout(
         logger.info("Fetching base %s for the diff", base_sha)
         _fetch_base(runner, head=head, base=base_sha)
 
+    sibling_token = siblings_token if siblings_token is not None else token
     checked: dict[str, str] = {}
     refs: dict[str, str] = {}
     for name, wanted, sibling_url in planned:
-        target = workspace / name
-        sib = _Git(
-            target,
-            token=siblings_token if siblings_token is not None else token,
-            deadline=deadline,
-            url=sibling_url,
+        refs[name], checked[name] = _fetch_sibling(
+            workspace / name, name, wanted, sibling_url, token=sibling_token, deadline=deadline
         )
-        _fresh_repository(target, sibling_url, sib)
-        ref = refs[name] = wanted if wanted is not None else _default_branch(sib)
-        logger.info("Fetching sibling %s from %s at %s", name, sib.url, ref)
-        sib("fetch", "-q", "--depth=1", "--no-tags", "origin", "--", ref, action="fetch", sha=ref)
-        checked[name] = _checked_out(sib, ref if FULL_SHA_RE.fullmatch(ref) else None, what=f"sibling {name}")
     return CheckoutResult(
         workspace=workspace,
         app_dir=app_dir,
@@ -396,6 +382,30 @@ def checkout(
         duration_s=time.monotonic() - started,
         sibling_refs=refs,
     )
+
+
+def _planned_siblings(siblings: Sequence[tuple[Sibling, str]], app: str) -> list[tuple[str, str | None, str]]:
+    """``(directory, ref or None for the default branch, URL)`` of each sibling, validated, names unique."""
+    planned: list[tuple[str, str | None, str]] = []
+    for sibling, sibling_url in siblings:
+        name = parse_dir_name(sibling.name, field="siblings")
+        if name in {app, *(p[0] for p in planned)}:
+            raise ValidationError("siblings", f"{name!r} is used twice in the workspace")
+        ref = parse_git_ref(sibling.ref, field="siblings") if sibling.ref is not None else None
+        planned.append((name, ref, check_url(sibling_url)))
+    return planned
+
+
+def _fetch_sibling(
+    target: Path, name: str, wanted: str | None, url: str, *, token: SecretStr | None, deadline: float
+) -> tuple[str, str]:
+    """Fetch one sibling at ``wanted`` (its remote's default branch when None); ``(ref, commit)``."""
+    sib = _Git(target, token=token, deadline=deadline, url=url)
+    _fresh_repository(target, url, sib)
+    ref = wanted if wanted is not None else _default_branch(sib)
+    logger.info("Fetching sibling %s from %s at %s", name, sib.url, ref)
+    sib("fetch", "-q", "--depth=1", "--no-tags", "origin", "--", ref, action="fetch", sha=ref)
+    return ref, _checked_out(sib, ref if FULL_SHA_RE.fullmatch(ref) else None, what=f"sibling {name}")
 
 
 def changed_files(app_dir: Path, base_sha: str, head_sha: str, *, timeout: float = 120.0) -> list[str]:

@@ -202,20 +202,7 @@ def send_and_wait(
     Raises :class:`DemoFailedError` as soon as the run fails, crashes or is cancelled (naming the failed task and
     its error), or completes without an image; :class:`DemoError` when nothing happens within ``timeout``.
     """
-    body = delivery_body(project)
-    delivery = str(uuid.uuid4())
-    signature = sign(body, secret)
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "pull_request",
-        "X-GitHub-Delivery": delivery,
-        "X-Hub-Signature-256": signature,
-        "User-Agent": "GitHub-Hookshot/previews-demo",
-    }
-    answer = httpx.post(receiver_url, content=body, headers=headers, timeout=30)
-    accepted_at = time.time()
-    if answer.status_code != 202:
-        raise DemoError(f"the receiver answered {answer.status_code}: {answer.text.strip()}")
+    delivery, accepted_at = _send(project, receiver_url, secret)
     image = project.repository.lower()
     tag = f"pr-{DEMO_PR}-{project.head_sha}"
     deadline = time.monotonic() + timeout
@@ -227,16 +214,7 @@ def send_and_wait(
             url = f"{ui_url}/runs/flow-run/{run['id']}" if run else "(no flow run yet)"
             digest = _manifest_digest(registry, image, tag)
             if digest is not None:
-                result = {
-                    "image": f"{registry.host}/{image}:{tag}",
-                    "digest": digest,
-                    "delivery": delivery,
-                    "flow run": url,
-                }
-                if run and run.get("start_time"):
-                    started = _timestamp(run["start_time"])
-                    result["accepted->running"] = f"{started - accepted_at:.2f}s"
-                return result
+                return _outcome(f"{registry.host}/{image}:{tag}", digest, delivery, url, run, accepted_at)
             if run is not None and state.get("type") in _FAILED_STATES:
                 raise DemoFailedError(_failure_report(api, run, url))
             if run is not None and state.get("type") == "COMPLETED":
@@ -250,6 +228,35 @@ def send_and_wait(
         f"flow run {run['name']} is {(run.get('state') or {}).get('name')}" if run else "no flow run started"
     )
     raise DemoError(f"no image {image}:{tag} after {timeout:.0f}s ({where}); see the Prefect UI at {ui_url}")
+
+
+def _send(project: DemoProject, receiver_url: str, secret: str) -> tuple[str, float]:
+    """POST one signed ``pull_request`` delivery to the receiver; its delivery id and when it was accepted."""
+    body = delivery_body(project)
+    delivery = str(uuid.uuid4())
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "pull_request",
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": sign(body, secret),
+        "User-Agent": "GitHub-Hookshot/previews-demo",
+    }
+    answer = httpx.post(receiver_url, content=body, headers=headers, timeout=30)
+    accepted_at = time.time()
+    if answer.status_code != 202:
+        raise DemoError(f"the receiver answered {answer.status_code}: {answer.text.strip()}")
+    return delivery, accepted_at
+
+
+def _outcome(
+    reference: str, digest: str, delivery: str, url: str, run: dict[str, Any] | None, accepted_at: float
+) -> dict[str, str]:
+    """What the demo prints: the image, its digest, the delivery, the flow run and how fast it started."""
+    result = {"image": reference, "digest": digest, "delivery": delivery, "flow run": url}
+    if run and run.get("start_time"):
+        started = _timestamp(run["start_time"])
+        result["accepted->running"] = f"{started - accepted_at:.2f}s"
+    return result
 
 
 def _flow_run_of(api: httpx.Client, delivery: str) -> dict[str, Any] | None:

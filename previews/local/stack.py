@@ -193,16 +193,7 @@ def run_stack(
             raise StackError(f"port {port} on 127.0.0.1 is in use; choose another with {what}")
     stack = Stack(state_dir)
     api_url = f"http://127.0.0.1:{prefect_port}/api"
-    base_env = {
-        **os.environ,
-        "PREFECT_HOME": str(state_dir / "prefect"),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": api_url,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "PREVIEWS_UI_URL": f"http://127.0.0.1:{prefect_port}",
-        **extra_env,
-    }
+    base_env = _stack_environment(state_dir, prefect_port, extra_env)
     try:
         first = not (state_dir / "prefect").exists()
         progress(
@@ -238,6 +229,21 @@ def run_stack(
         )
     finally:
         stack.stop()
+
+
+def _stack_environment(state_dir: Path, prefect_port: int, extra_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of every process of the stack: this one's, pointed at the stack's own Prefect."""
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(state_dir / "prefect"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREVIEWS_UI_URL": f"http://127.0.0.1:{prefect_port}",
+        **extra_env,
+    }
 
 
 def _wait_for_deployments(
