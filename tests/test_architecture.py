@@ -62,7 +62,7 @@ CLIENTS = {
 }
 # ... and the adapter's own module, where it wraps the library's constructor.
 OWN_CONSTRUCTORS = {"from_env": "previews.docker_engine"}
-MAX_LINES = {"flows": 40}
+MAX_LINES = {"flows": 40, "previews": 60}
 
 
 def module_name(path: Path) -> str:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from previews.core.events import parse_pull_request_event, prefect_event
+from previews.core.events import PullRequestEvent, parse_pull_request_event, prefect_event
 from previews.core.names import parse_repository
 from previews.errors import SignatureError, ValidationError
 from previews.github.webhooks import SIGNATURE_HEADER, parse_delivery, verify_signature
@@ -77,19 +77,31 @@ class ReceiverConfig:
     health_headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def create_app(
-    config: ReceiverConfig, *, outbox: Outbox, forwarder: Forwarder, forwarder_enabled: bool = True
-) -> Starlette:
-    """The receiver app. ``app.state.outbox`` and ``app.state.forwarder`` are exposed for tests and the CLI."""
-    allowed = config.allowed_repositories
-    secret = config.webhook_secret
-    limit = config.max_body_bytes
-    health_headers = dict(config.health_headers)
-    key = secret if secret is not None and secret.get_secret_value() else None
-    if key is None:
-        log.warning("PREVIEWS_WEBHOOK_SECRET is not set: deliveries are accepted without a signature check")
+class _Receiver:
+    """The receiver's handlers over one outbox and forwarder."""
 
-    async def webhook(request: Request) -> JSONResponse:
+    def __init__(
+        self, config: ReceiverConfig, outbox: Outbox, forwarder: Forwarder, forwarder_enabled: bool
+    ) -> None:
+        self.config, self.outbox, self.forwarder = config, outbox, forwarder
+        self.forwarder_enabled = forwarder_enabled
+        secret = config.webhook_secret
+        self.key = secret if secret is not None and secret.get_secret_value() else None
+        if self.key is None:
+            log.warning(
+                "PREVIEWS_WEBHOOK_SECRET is not set: deliveries are accepted without a signature check"
+            )
+
+    async def webhook(self, request: Request) -> JSONResponse:
+        """``POST /webhooks/github``: verify, validate, store, answer 202 (or say why not)."""
+        checked = await self._check(request)
+        if isinstance(checked, JSONResponse):
+            return checked
+        return await self._store(checked)
+
+    async def _check(self, request: Request) -> JSONResponse | PullRequestEvent:
+        """Size, signature, headers, event type, allow-list and payload, in that order."""
+        limit = self.config.max_body_bytes
         try:
             body = await _read_body(request, limit)
         except _TooLarge:
@@ -97,38 +109,43 @@ def create_app(
         except ValidationError as exc:
             return _error(400, str(exc))
         try:
-            if key is not None:
-                verify_signature(body, request.headers.get(SIGNATURE_HEADER), key)
+            if self.key is not None:
+                verify_signature(body, request.headers.get(SIGNATURE_HEADER), self.key)
+            delivery = parse_delivery(request.headers, body)
         except SignatureError as exc:
             log.warning("refused a delivery: %s", exc)
             return _error(401, str(exc))
-        try:
-            delivery = parse_delivery(request.headers, body)
         except ValidationError as exc:
             log.warning("refused a delivery: %s", exc)
             return _error(400, str(exc))
         if delivery.event == "ping":
             return JSONResponse({"status": "pong", "delivery": delivery.delivery})
         if delivery.event != "pull_request":
-            return JSONResponse(
-                {"status": "ignored", "event": delivery.event, "delivery": delivery.delivery}, status_code=202
-            )
-        repo = delivery.payload.get("repository")
+            answer = {"status": "ignored", "event": delivery.event, "delivery": delivery.delivery}
+            return JSONResponse(answer, status_code=202)
+        return self._event(delivery.payload, delivery.delivery)
+
+    def _event(self, payload: dict[str, Any], delivery: str) -> JSONResponse | PullRequestEvent:
+        """The validated event of an allowed repository, else the refusal."""
+        allowed = self.config.allowed_repositories
+        repo = payload.get("repository")
         full_name = repo.get("full_name") if isinstance(repo, dict) else None
         if allowed and (not isinstance(full_name, str) or full_name.lower() not in allowed):
-            log.warning("refused delivery %s: repository not allowed", delivery.delivery)
+            log.warning("refused delivery %s: repository not allowed", delivery)
             return _error(403, "repository is not in PREVIEWS_ALLOWED_REPOSITORIES")
         try:
-            event = parse_pull_request_event(delivery.payload, delivery=delivery.delivery)
+            return parse_pull_request_event(payload, delivery=delivery)
         except ValidationError as exc:
-            log.warning("refused delivery %s: %s", delivery.delivery, exc)
+            log.warning("refused delivery %s: %s", delivery, exc)
             return _error(400, str(exc))
-        item = prefect_event(event)
+
+    async def _store(self, event: PullRequestEvent) -> JSONResponse:
+        """Commit the event to the outbox before answering; wake the forwarder for a new one."""
         try:
             added = await run_in_threadpool(
-                outbox.add,
+                self.outbox.add,
                 delivery=event.delivery,
-                event=item,
+                event=prefect_event(event),
                 repository=event.repository,
                 number=event.number,
             )
@@ -145,49 +162,56 @@ def create_app(
             event.number,
         )
         if added:
-            forwarder.wake()
+            self.forwarder.wake()
         return JSONResponse({"status": status, "delivery": event.delivery}, status_code=202)
 
-    async def healthz(request: Request) -> JSONResponse:
-        stats = await run_in_threadpool(outbox.stats)
+    async def healthz(self, request: Request) -> JSONResponse:
+        """``GET /healthz``: the outbox's depth, whether Prefect answers, the forwarder's state."""
+        stats = await run_in_threadpool(self.outbox.stats)
         reachable = False
         with suppress(httpx.HTTPError):
-            async with httpx.AsyncClient(timeout=2.0, headers=health_headers) as client:
-                reachable = (await client.get(f"{forwarder.api_url}/health")).status_code == 200
+            async with httpx.AsyncClient(timeout=2.0, headers=dict(self.config.health_headers)) as client:
+                reachable = (await client.get(f"{self.forwarder.api_url}/health")).status_code == 200
+        oldest = stats.oldest_pending_age
         body: dict[str, Any] = {
             "status": "ok",
             "outbox": {
                 "pending": stats.pending,
                 "delivered": stats.delivered,
                 "rejected": stats.rejected,
-                "oldest_pending_age_seconds": None
-                if stats.oldest_pending_age is None
-                else round(stats.oldest_pending_age, 3),
+                "oldest_pending_age_seconds": None if oldest is None else round(oldest, 3),
             },
             "prefect": {"reachable": reachable},
-            "forwarder": {"enabled": forwarder_enabled, **forwarder.status()},
+            "forwarder": {"enabled": self.forwarder_enabled, **self.forwarder.status()},
             "time": time.time(),
         }
         return JSONResponse(body)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Run the forwarder beside the app; close the forwarder and the outbox at shutdown."""
         async with anyio.create_task_group() as group:
-            if forwarder_enabled:
-                group.start_soon(forwarder.run)
+            if self.forwarder_enabled:
+                group.start_soon(self.forwarder.run)
             try:
                 yield
             finally:
                 group.cancel_scope.cancel()
-        forwarder.close()
-        outbox.close()
+        self.forwarder.close()
+        self.outbox.close()
 
+
+def create_app(
+    config: ReceiverConfig, *, outbox: Outbox, forwarder: Forwarder, forwarder_enabled: bool = True
+) -> Starlette:
+    """The receiver app. ``app.state.outbox`` and ``app.state.forwarder`` are exposed for tests and the CLI."""
+    receiver = _Receiver(config, outbox, forwarder, forwarder_enabled)
     app = Starlette(
         routes=[
-            Route("/webhooks/github", webhook, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
+            Route("/webhooks/github", receiver.webhook, methods=["POST"]),
+            Route("/healthz", receiver.healthz, methods=["GET"]),
         ],
-        lifespan=lifespan,
+        lifespan=receiver.lifespan,
     )
     app.state.outbox = outbox
     app.state.forwarder = forwarder
