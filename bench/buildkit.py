@@ -36,7 +36,6 @@ from pydantic import SecretStr
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from previews import build_cache  # noqa: E402
 from previews.docker_engine import BuildSpec, DockerEngine, RegistryLogin  # noqa: E402
 from tests.support.private_engine import private_engine  # noqa: E402
 from tests.support.services import BASE_IMAGE, ensure_base_image, run_registry  # noqa: E402
@@ -149,9 +148,7 @@ def cold_engine_rebuilds(
 
         def pulled_cache(engine: DockerEngine) -> tuple[float, int, int, float]:
             start = time.monotonic()
-            failure = build_cache.pull(
-                engine.client, f"{name}:{first}", username=registry.username, password=password
-            )
+            failure = engine.pull(f"{name}:{first}", username=registry.username, password=password)
             if failure is not None:
                 raise RuntimeError(failure)
             pulled = time.monotonic() - start
