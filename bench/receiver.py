@@ -2,15 +2,22 @@
 
 Starts ``previews serve`` as a separate process (its own interpreter, a fresh SQLite outbox in WAL mode with
 ``synchronous=FULL``), then offers signed ``pull_request`` deliveries (a real GitHub ``synchronize`` payload,
-~25 KB) from an asyncio httpx client:
+~25 KB, each delivery's body made unique so the receiver's body dedupe does not answer ``duplicate``) from an
+asyncio httpx client:
 
+- sustained (issue 17's target): an open loop at 200 deliveries/s for 60 s; p99 <= 50 ms with 0 errors;
 - fixed offered load: an open loop sending at R deliveries/s (latency includes any queueing at the server);
 - saturation: C concurrent clients sending back to back.
+
+Latency is measured from when a delivery was due, so a receiver (or client) falling behind shows up in it.
+Each row also gives the receiver's CPU time per accepted delivery (utime + stime from /proc), a figure
+that moves less with the machine's load than latency does. The load average is printed before and after.
 
 The forwarder points at ``--prefect-api-url`` (default: a port where nothing listens, so only the ingest path
 is measured; pass a live Prefect server to measure with forwarding running too). Prints one table.
 
     python bench/receiver.py [--duration 10] [--rates 25,50,100] [--concurrency 1,8,32]
+    python bench/receiver.py --sustained-only          # only issue 17's row, beside its baseline
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import socket
@@ -28,12 +36,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
+from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 SECRET = "bench-secret"
+_SEQ = b"bench-seq-0000000000"
+_counter = itertools.count(1)
+
+# Issue 17's receiver row before this work (main at 3956095: one fsync'd transaction per delivery, h11,
+# no body dedupe), measured with this file's sustained scenario. Figures move with the machine's load.
+BASELINE_SUSTAINED = "baseline (main 3956095): see README Performance"
 
 
 def _free_port() -> int:
@@ -43,8 +60,16 @@ def _free_port() -> int:
 
 
 def _body() -> bytes:
+    """The delivery template: a real ``synchronize`` payload whose PR body holds a sequence placeholder."""
     raw = resources.files("previews.demo_data").joinpath("synchronize.payload.json").read_text()
-    return json.dumps(json.loads(raw)).encode()
+    payload = json.loads(raw)
+    payload["pull_request"]["body"] = _SEQ.decode()
+    return json.dumps(payload).encode()
+
+
+def _unique(template: bytes) -> bytes:
+    """``template`` with its placeholder replaced by the next sequence number: a distinct signed body."""
+    return template.replace(_SEQ, b"bench-seq-%010d" % next(_counter), 1)
 
 
 def _request(body: bytes) -> dict[str, str]:
@@ -63,6 +88,13 @@ class Result:
         self.latencies: list[float] = []
         self.errors = 0
         self.elapsed = 0.0
+        self.cpu_seconds: float | None = None
+        self.statuses: dict[str, int] = {}
+
+    def cpu_ms_per_delivery(self) -> str:
+        if self.cpu_seconds is None or not self.latencies:
+            return "-"
+        return f"{self.cpu_seconds * 1000 / len(self.latencies):.2f}"
 
     def row(self) -> str:
         ok = len(self.latencies)
@@ -77,24 +109,29 @@ class Result:
         mean = f"{statistics.fmean(lat) * 1000:8.1f}" if lat else "-"
         return (
             f"| {self.label:<22} | {self.offered:>9} | {ok:>6} | {self.errors:>4} | {rate:>10.1f} "
-            f"| {pct(0.50):>8} | {pct(0.99):>8} | {mean:>8} |"
+            f"| {pct(0.50):>8} | {pct(0.99):>8} | {mean:>8} | {self.cpu_ms_per_delivery():>7} |"
         )
 
 
 async def _send(client: httpx.AsyncClient, url: str, body: bytes, result: Result, started: float) -> None:
+    unique = _unique(body)
     try:
-        resp = await client.post(url, content=body, headers=_request(body))
+        resp = await client.post(url, content=unique, headers=_request(unique))
         if resp.status_code == 202 and resp.json().get("status") == "accepted":
             result.latencies.append(time.perf_counter() - started)
-        else:
-            result.errors += 1
-    except httpx.HTTPError:
-        result.errors += 1
+            return
+        outcome = f"{resp.status_code} {resp.json().get('status') or resp.json().get('error')}"
+    except (httpx.HTTPError, ValueError) as exc:
+        outcome = type(exc).__name__
+    result.errors += 1
+    result.statuses[outcome] = result.statuses.get(outcome, 0) + 1
 
 
-async def fixed_rate(url: str, body: bytes, rate: float, duration: float) -> Result:
+async def fixed_rate(
+    url: str, body: bytes, rate: float, duration: float, *, label: str = "fixed offered load"
+) -> Result:
     """Open loop: one delivery every 1/rate seconds, whatever the answers do."""
-    result = Result("fixed offered load", f"{rate:g}/s")
+    result = Result(label, f"{rate:g}/s")
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         tasks = []
@@ -126,6 +163,25 @@ async def saturation(url: str, body: bytes, concurrency: int, duration: float) -
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.elapsed = time.perf_counter() - start
     return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, scenario: Callable[[], Coroutine[Any, Any, Result]]) -> Result:
+    """Run ``scenario`` and record the receiver's CPU time spent during it."""
+    before = _cpu_seconds(pid)
+    result = asyncio.run(scenario())
+    result.cpu_seconds = _cpu_seconds(pid) - before
+    return result
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def _start_receiver(workdir: Path, port: int, api_url: str) -> subprocess.Popen[bytes]:
@@ -176,14 +232,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per fixed/saturation row")
     parser.add_argument("--rates", default="25,50,100", help="offered loads, deliveries/s")
     parser.add_argument("--concurrency", default="1,8,32", help="saturation client counts")
+    parser.add_argument("--sustained-rate", type=float, default=200.0, help="issue 17 row: deliveries/s")
+    parser.add_argument("--sustained-seconds", type=float, default=60.0, help="issue 17 row: seconds")
+    parser.add_argument("--sustained-only", action="store_true", help="only the issue 17 row")
     parser.add_argument("--prefect-api-url", default=None, help="forward to this Prefect API (default: none)")
     args = parser.parse_args()
 
     body = _body()
     api_url = args.prefect_api_url or f"http://127.0.0.1:{_free_port()}/api"
+    load_before = _load()
     with tempfile.TemporaryDirectory(prefix="previews-bench-") as tmp:
         workdir = Path(tmp)
         port = _free_port()
@@ -191,12 +251,27 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/webhooks/github"
         try:
             asyncio.run(saturation(url, body, 4, 2.0))  # warm-up, not reported
-            results = [
-                asyncio.run(fixed_rate(url, body, float(r), args.duration)) for r in args.rates.split(",")
-            ]
-            results += [
-                asyncio.run(saturation(url, body, int(c), args.duration)) for c in args.concurrency.split(",")
-            ]
+            sustained = measured(
+                proc.pid,
+                partial(
+                    fixed_rate,
+                    url,
+                    body,
+                    args.sustained_rate,
+                    args.sustained_seconds,
+                    label="sustained (issue 17)",
+                ),
+            )
+            results = [sustained]
+            if not args.sustained_only:
+                results += [
+                    measured(proc.pid, partial(fixed_rate, url, body, float(r), args.duration))
+                    for r in args.rates.split(",")
+                ]
+                results += [
+                    measured(proc.pid, partial(saturation, url, body, int(c), args.duration))
+                    for c in args.concurrency.split(",")
+                ]
             health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()
             lags = _forwarding_lags(workdir / "outbox.sqlite3", wait=bool(args.prefect_api_url))
         finally:
@@ -209,12 +284,25 @@ def main() -> int:
     forwarding = "on (live Prefect)" if args.prefect_api_url else "no Prefect (ingest path only)"
     print(f"receiver: previews serve, SQLite WAL outbox synchronous=FULL, forwarding: {forwarding}")
     print(f"body: {len(body)} bytes, signed HMAC-SHA256; {os.cpu_count()} CPUs; {args.duration:g} s per row")
+    print(f"load average (1/5/15 min): before {load_before}, after {_load()}")
     print(
-        "| scenario               |   offered |     ok |  err | accepted/s |   p50 ms |   p99 ms |  mean ms |"
+        "| scenario               |   offered |     ok |  err | accepted/s |   p50 ms |   p99 ms |  mean ms "
+        "| cpu ms/ |"
     )
-    print("|" + "|".join("-" * n for n in (24, 11, 8, 6, 12, 10, 10, 10)) + "|")
+    print("|" + "|".join("-" * n for n in (24, 11, 8, 6, 12, 10, 10, 10, 9)) + "|")
     for result in results:
         print(result.row())
+    for result in results:
+        if result.statuses:
+            print(f"errors in {result.label} ({result.offered}): {result.statuses}")
+    lat = sorted(sustained.latencies)
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
+    met = "met" if lat and p99 <= 50 and sustained.errors == 0 else "NOT met"
+    print(
+        f"issue 17 receiver row: {args.sustained_rate:g} deliveries/s for {args.sustained_seconds:g} s, "
+        f"durable outbox: p99 {p99:.1f} ms, {sustained.errors} errors (target p99 <= 50 ms, 0 errors: {met}); "
+        f"{BASELINE_SUSTAINED}"
+    )
     print(f"outbox after the run: {health['outbox']}")
     if lags:
         print(

@@ -1,13 +1,26 @@
 """The webhook receiver: ``POST /webhooks/github`` -> verify -> durable outbox -> (forwarder) -> Prefect.
 
-Order of checks on a delivery: body size (413, before the body is read in full), signature over the raw bytes
-(401), headers and body (400), event type (``ping`` 200, anything but ``pull_request`` 202 ignored), allow-list
-(403), payload validation (400 naming the field), then the outbox commit and 202. Every refusal is a one-line
-JSON ``{"error": "..."}`` and leaves the outbox untouched. Payloads and secrets are never logged.
+Order of checks on a delivery: a free slot (503 with ``Retry-After`` while
+``PREVIEWS_MAX_CONCURRENT_DELIVERIES`` are in flight), body size (413, before the body is read in full), the
+whole body within ``PREVIEWS_BODY_READ_TIMEOUT`` seconds (408), signature over the raw bytes (401), headers
+and body (400), event type (``ping`` 200, anything but ``pull_request`` 202 ignored), allow-list (403),
+payload validation (400 naming the field), then the outbox commit and 202: ``accepted``, or ``duplicate``
+when the delivery id or the signed body is already in the outbox (a redelivery, or a captured body replayed
+under a new id), which starts nothing. Every refusal is a one-line JSON ``{"error": "..."}`` and leaves the
+outbox untouched; one that leaves the body unread also closes the connection. A client that goes away
+mid-body costs one INFO line. Payloads and secrets are never logged.
+
+Memory is bounded by the limits: at most ``PREVIEWS_MAX_CONCURRENT_DELIVERIES`` bodies of at most
+``PREVIEWS_MAX_BODY_BYTES`` are held at once, whoever sends them, signed or not.
+
+Without ``PREVIEWS_WEBHOOK_SECRET`` there is no receiver (:func:`require_secret`), unless the caller asks
+for an insecure one (``previews serve --insecure-no-signature``): it then accepts unsigned deliveries, warns
+loudly, and still refuses any delivery that carries a signature, since none can be checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,10 +29,11 @@ from typing import Any
 
 import anyio
 import httpx
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from previews.core.events import parse_pull_request_event, prefect_event
@@ -27,10 +41,15 @@ from previews.core.names import parse_repository
 from previews.errors import SignatureError, ValidationError
 from previews.github.webhooks import SIGNATURE_HEADER, parse_delivery, verify_signature
 from previews.ingress.forwarder import Forwarder, prefect_headers
-from previews.ingress.outbox import Outbox, OutboxError
+from previews.ingress.outbox import GroupCommit, NewEntry, Outbox, OutboxError
 from previews.settings import Settings
 
 log = logging.getLogger("previews.ingress")
+
+INSECURE_WARNING = (
+    "INSECURE: started with --insecure-no-signature and no PREVIEWS_WEBHOOK_SECRET: unsigned deliveries are "
+    "accepted, so anyone who can reach this port can start builds. For local experiments only."
+)
 
 
 class _TooLarge(Exception):
@@ -45,8 +64,30 @@ def allowed_repositories(value: str) -> frozenset[str]:
     )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message.replace("\n", " ")}, status_code=status)
+def require_secret(settings: Settings, *, allow_unsigned: bool = False) -> SecretStr | None:
+    """The webhook secret; without one, None if ``allow_unsigned`` (with a loud warning), else refuse.
+
+    Raises :class:`ValidationError` naming ``PREVIEWS_WEBHOOK_SECRET`` when it is unset or empty and
+    unsigned deliveries were not explicitly allowed.
+    """
+    secret = settings.webhook_secret
+    if secret is not None and secret.get_secret_value():
+        return secret
+    if not allow_unsigned:
+        raise ValidationError(
+            "PREVIEWS_WEBHOOK_SECRET",
+            "not set; the receiver checks every delivery's X-Hub-Signature-256 and does not start without "
+            "it (set it to the GitHub webhook's secret, or pass --insecure-no-signature for a local experiment)",
+        )
+    log.warning(INSECURE_WARNING)
+    return None
+
+
+def _error(status: int, message: str, *, close: bool = False, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Connection": "close"} if close else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"error": message.replace("\n", " ")}, status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -56,14 +97,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ValidationError("Content-Length", "is not a number")
         if int(declared) > limit:
             raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return bytes(body)
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "unknown client"
 
 
 def build_forwarder(settings: Settings, outbox: Outbox) -> Forwarder:
@@ -80,26 +123,65 @@ def build_forwarder(settings: Settings, outbox: Outbox) -> Forwarder:
     )
 
 
-def create_app(settings: Settings, *, forwarder_enabled: bool = True) -> Starlette:
-    """The receiver app. ``app.state.outbox`` and ``app.state.forwarder`` are exposed for tests and the CLI."""
+def create_app(
+    settings: Settings, *, forwarder_enabled: bool = True, allow_unsigned: bool = False
+) -> Starlette:
+    """The receiver app. ``app.state.outbox`` and ``app.state.forwarder`` are exposed for tests and the CLI.
+
+    Raises :class:`ValidationError` when ``PREVIEWS_WEBHOOK_SECRET`` is unset and ``allow_unsigned`` is
+    false (see :func:`require_secret`).
+    """
+    secret = require_secret(settings, allow_unsigned=allow_unsigned)
     allowed = allowed_repositories(settings.allowed_repositories)
-    secret = settings.webhook_secret
     limit = settings.max_body_bytes
+    read_timeout = settings.body_read_timeout
+    max_in_flight = settings.max_concurrent_deliveries
     outbox = Outbox(settings.outbox_path)
+    committer = GroupCommit(outbox)
     forwarder = build_forwarder(settings, outbox)
     health_headers = prefect_headers(settings.prefect_api_key, settings.prefect_api_auth_string)
-    if secret is None or not secret.get_secret_value():
-        log.warning("PREVIEWS_WEBHOOK_SECRET is not set: deliveries are accepted without a signature check")
+    in_flight = 0
 
-    async def webhook(request: Request) -> JSONResponse:
+    async def webhook(request: Request) -> Response:
+        nonlocal in_flight
+        if in_flight >= max_in_flight:
+            log.warning(
+                "refused a delivery from %s: %d deliveries in flight (PREVIEWS_MAX_CONCURRENT_DELIVERIES)",
+                _client(request),
+                in_flight,
+            )
+            return _error(503, "too many deliveries in flight; retry later", close=True, retry_after=1)
+        in_flight += 1
         try:
-            body = await _read_body(request, limit)
+            return await receive(request)
+        finally:
+            in_flight -= 1
+
+    async def receive(request: Request) -> Response:
+        try:
+            with anyio.fail_after(read_timeout):
+                body = await _read_body(request, limit)
         except _TooLarge:
-            return _error(413, f"body larger than {limit} bytes")
+            log.warning("refused a delivery from %s: body larger than %d bytes", _client(request), limit)
+            return _error(413, f"body larger than {limit} bytes", close=True)
+        except TimeoutError:
+            log.warning(
+                "refused a delivery from %s: body not received within %g s", _client(request), read_timeout
+            )
+            return _error(408, f"body not received within {read_timeout:g} s", close=True)
+        except ClientDisconnect:
+            log.info("client %s went away before sending the whole body; nothing stored", _client(request))
+            return Response(status_code=400)  # nobody is left to read it
         except ValidationError as exc:
-            return _error(400, str(exc))
+            return _error(400, str(exc), close=True)
+        header = request.headers.get(SIGNATURE_HEADER)
         try:
-            verify_signature(body, request.headers.get(SIGNATURE_HEADER), secret)
+            if secret is not None:
+                verify_signature(body, header, secret)
+            elif header is not None:
+                raise SignatureError(
+                    f"{SIGNATURE_HEADER} cannot be checked: PREVIEWS_WEBHOOK_SECRET is not set on this receiver"
+                )
         except SignatureError as exc:
             log.warning("refused a delivery: %s", exc)
             return _error(401, str(exc))
@@ -124,29 +206,38 @@ def create_app(settings: Settings, *, forwarder_enabled: bool = True) -> Starlet
         except ValidationError as exc:
             log.warning("refused delivery %s: %s", delivery.delivery, exc)
             return _error(400, str(exc))
-        item = prefect_event(event)
+        entry = NewEntry(
+            delivery=event.delivery,
+            event=prefect_event(event),
+            repository=event.repository,
+            number=event.number,
+            body_sha256=hashlib.sha256(body).hexdigest(),
+        )
         try:
-            added = await run_in_threadpool(
-                outbox.add,
-                delivery=event.delivery,
-                event=item,
-                repository=event.repository,
-                number=event.number,
-            )
+            added = await committer.add(entry)
         except OutboxError as exc:
             log.error("could not store delivery %s: %s", event.delivery, exc)
             return _error(503, "the outbox is unavailable; retry the delivery")
-        status = "accepted" if added else "duplicate"
+        if added.stored:
+            status = "accepted"
+            forwarder.wake()
+        else:
+            status = "duplicate"
+        same = (
+            ""
+            if added.duplicate_of in (None, event.delivery)
+            else f" (same signed body as {added.duplicate_of})"
+        )
         log.info(
-            "delivery %s %s: %s %s#%d",
+            "delivery %s %s%s: %s %s#%d%s",
             event.delivery,
             status,
+            same,
             event.event_name,
             event.repository,
             event.number,
+            "" if secret is not None else " WITHOUT a signature check",
         )
-        if added:
-            forwarder.wake()
         return JSONResponse({"status": status, "delivery": event.delivery}, status_code=202)
 
     async def healthz(request: Request) -> JSONResponse:
@@ -166,6 +257,7 @@ def create_app(settings: Settings, *, forwarder_enabled: bool = True) -> Starlet
                 else round(stats.oldest_pending_age, 3),
             },
             "prefect": {"reachable": reachable},
+            "signatures": "required" if secret is not None else "not checked (--insecure-no-signature)",
             "forwarder": {"enabled": forwarder_enabled, **forwarder.status()},
             "time": time.time(),
         }

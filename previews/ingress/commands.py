@@ -30,12 +30,14 @@ def _settings() -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from previews.ingress.app import create_app
+    from previews.ingress.app import create_app, require_secret
     from previews.ingress.forwarder import DEFAULT_API_URL, redact_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    require_secret(settings, allow_unsigned=args.insecure_no_signature)  # before anything slower
     settings = _settings()
-    app = create_app(settings)
+    app = create_app(settings, allow_unsigned=args.insecure_no_signature)
     outbox = app.state.outbox
     print(
         f"previews receiver on http://{args.host}:{args.port}/webhooks/github "
@@ -84,6 +86,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve = subparsers.add_parser("serve", help="run the GitHub webhook receiver")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    serve.add_argument(
+        "--insecure-no-signature",
+        action="store_true",
+        help="start without PREVIEWS_WEBHOOK_SECRET and accept unsigned deliveries (local experiments only)",
+    )
     serve.set_defaults(handler=_serve)
 
     outbox = subparsers.add_parser("outbox", help="inspect and re-send webhook deliveries")
