@@ -2,8 +2,8 @@
 
 Starts ``previews serve`` as a separate process (its own interpreter, a fresh SQLite outbox in WAL mode with
 ``synchronous=FULL``), then offers signed ``pull_request`` deliveries (a real GitHub ``synchronize`` payload,
-~25 KB, each delivery's body made unique so the receiver's body dedupe does not answer ``duplicate``) from an
-asyncio httpx client:
+~25 KB, each delivery's body made unique so the receiver's body dedupe does not answer ``duplicate``) from a
+lean asyncio HTTP/1.1 client over keep-alive connections:
 
 - sustained (issue 17's target): an open loop at 200 deliveries/s for 60 s; p99 <= 50 ms with 0 errors;
 - fixed offered load: an open loop sending at R deliveries/s (latency includes any queueing at the server);
@@ -113,15 +113,85 @@ class Result:
         )
 
 
-async def _send(client: httpx.AsyncClient, url: str, body: bytes, result: Result, started: float) -> None:
+class _Pool:
+    """Keep-alive HTTP/1.1 connections to the receiver, speaking just enough HTTP to POST a delivery.
+
+    A lean client (no httpx) so that the client's own CPU, on a machine shared with the receiver, adds as
+    little as possible to the latency measured. Answers must carry ``Content-Length`` (Starlette's do).
+    """
+
+    def __init__(self, url: str) -> None:
+        parsed = httpx.URL(url)
+        self.host = parsed.host
+        self.port = parsed.port or 80
+        self.path = parsed.raw_path.decode("ascii")
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """The most recently used idle connection the server cannot have timed out yet, or a new one."""
+        while self._idle:
+            reader, writer, used = self._idle.pop()
+            if time.monotonic() - used < 2.0:  # uvicorn closes idle keep-alive connections after 5 s
+                return reader, writer, True
+            writer.close()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return reader, writer, False
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """POST ``body``; the status code and the JSON answer. A reused connection found closed is retried."""
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {len(body)}",
+        ]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        reader, writer, reused = await self._connection()
+        try:
+            writer.write(request)
+            status_line = await reader.readline()
+        except OSError:
+            status_line = b""
+        if not status_line and reused:  # the server closed it meanwhile: nothing was processed
+            writer.close()
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            writer.write(request)
+            status_line = await reader.readline()
+        try:
+            length = 0
+            keep = True
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+                elif name.lower() == "connection" and value.strip().lower() == "close":
+                    keep = False
+            answer = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self._idle.append((reader, writer, time.monotonic()))
+        else:
+            writer.close()
+        data: dict[str, Any] = json.loads(answer) if answer else {}
+        return int(status_line.split()[1]), data
+
+    def close(self) -> None:
+        for _, writer, _ in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def _send(client: _Pool, body: bytes, result: Result, started: float) -> None:
     unique = _unique(body)
     try:
-        resp = await client.post(url, content=unique, headers=_request(unique))
-        if resp.status_code == 202 and resp.json().get("status") == "accepted":
+        status, answer = await client.post(unique, _request(unique))
+        if status == 202 and answer.get("status") == "accepted":
             result.latencies.append(time.perf_counter() - started)
             return
-        outcome = f"{resp.status_code} {resp.json().get('status') or resp.json().get('error')}"
-    except (httpx.HTTPError, ValueError) as exc:
+        outcome = f"{status} {answer.get('status') or answer.get('error')}"
+    except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
         outcome = type(exc).__name__
     result.errors += 1
     result.statuses[outcome] = result.statuses.get(outcome, 0) + 1
@@ -132,8 +202,8 @@ async def fixed_rate(
 ) -> Result:
     """Open loop: one delivery every 1/rate seconds, whatever the answers do."""
     result = Result(label, f"{rate:g}/s")
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    client = _Pool(url)
+    try:
         tasks = []
         start = time.perf_counter()
         n = int(rate * duration)
@@ -142,26 +212,30 @@ async def fixed_rate(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(client, url, body, result, due)))
+            tasks.append(asyncio.create_task(_send(client, body, result, due)))
         await asyncio.gather(*tasks)
         result.elapsed = time.perf_counter() - start
+    finally:
+        client.close()
     return result
 
 
 async def saturation(url: str, body: bytes, concurrency: int, duration: float) -> Result:
     """Closed loop: ``concurrency`` clients, each sending its next delivery when the last one is answered."""
     result = Result("saturation", f"c={concurrency}")
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    client = _Pool(url)
+    try:
         stop_at = time.perf_counter() + duration
         start = time.perf_counter()
 
         async def worker() -> None:
             while time.perf_counter() < stop_at:
-                await _send(client, url, body, result, time.perf_counter())
+                await _send(client, body, result, time.perf_counter())
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.elapsed = time.perf_counter() - start
+    finally:
+        client.close()
     return result
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 from pydantic import SecretStr
 
 from previews.core.events import parse_delivery_id
@@ -121,7 +121,7 @@ def decode_body(content_type: str | None, body: bytes) -> dict[str, Any]:
     else:
         raise ValidationError("Content-Type", f"{media[:60]!r} is not application/json or form-urlencoded")
     try:
-        data = json.loads(text)
+        data = orjson.loads(text)  # 3x json.loads on GitHub's 25-30 KB payloads; strict RFC 8259
     except (ValueError, RecursionError) as exc:
         raise ValidationError("body", "is not valid JSON") from exc
     if not isinstance(data, dict):

@@ -1,8 +1,9 @@
 """The webhook receiver: ``POST /webhooks/github`` -> verify -> durable outbox -> (forwarder) -> Prefect.
 
-Order of checks on a delivery: a free slot (503 with ``Retry-After`` while
-``PREVIEWS_MAX_CONCURRENT_DELIVERIES`` are in flight), body size (413, before the body is read in full), the
-whole body within ``PREVIEWS_BODY_READ_TIMEOUT`` seconds (408), signature over the raw bytes (401), headers
+Order of checks on a delivery: a free slot (at most ``PREVIEWS_MAX_CONCURRENT_DELIVERIES`` are read and
+processed at once; as many more may wait for one, and the rest, or one that waited past the deadline, get 503
+with ``Retry-After``), body size (413, before the body is read in full), slot and whole body within
+``PREVIEWS_BODY_READ_TIMEOUT`` seconds of the request (408), signature over the raw bytes (401), headers
 and body (400), event type (``ping`` 200, anything but ``pull_request`` 202 ignored), allow-list (403),
 payload validation (400 naming the field), then the outbox commit and 202: ``accepted``, or ``duplicate``
 when the delivery id or the signed body is already in the outbox (a redelivery, or a captured body replayed
@@ -10,8 +11,9 @@ under a new id), which starts nothing. Every refusal is a one-line JSON ``{"erro
 outbox untouched; one that leaves the body unread also closes the connection. A client that goes away
 mid-body costs one INFO line. Payloads and secrets are never logged.
 
-Memory is bounded by the limits: at most ``PREVIEWS_MAX_CONCURRENT_DELIVERIES`` bodies of at most
-``PREVIEWS_MAX_BODY_BYTES`` are held at once, whoever sends them, signed or not.
+Memory is bounded by the limits, whoever sends the requests, signed or not: at most
+``PREVIEWS_MAX_CONCURRENT_DELIVERIES`` bodies of at most ``PREVIEWS_MAX_BODY_BYTES`` are held at once; a
+waiting delivery's body stays in the kernel and uvicorn's read buffer (64 KiB, then reading pauses).
 
 Without ``PREVIEWS_WEBHOOK_SECRET`` there is no receiver (:func:`require_secret`), unless the caller asks
 for an insecure one (``previews serve --insecure-no-signature``): it then accepts unsigned deliveries, warns
@@ -20,6 +22,7 @@ loudly, and still refuses any delivery that carries a signature, since none can 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -140,26 +143,45 @@ def create_app(
     committer = GroupCommit(outbox)
     forwarder = build_forwarder(settings, outbox)
     health_headers = prefect_headers(settings.prefect_api_key, settings.prefect_api_auth_string)
-    in_flight = 0
+    slots = asyncio.Semaphore(max_in_flight)
+    load = {"in_flight": 0, "waiting": 0}
 
     async def webhook(request: Request) -> Response:
-        nonlocal in_flight
-        if in_flight >= max_in_flight:
-            log.warning(
-                "refused a delivery from %s: %d deliveries in flight (PREVIEWS_MAX_CONCURRENT_DELIVERIES)",
-                _client(request),
-                in_flight,
-            )
-            return _error(503, "too many deliveries in flight; retry later", close=True, retry_after=1)
-        in_flight += 1
+        deadline = asyncio.get_running_loop().time() + read_timeout  # for a slot and the whole body
+        if slots.locked():
+            if load["waiting"] >= max_in_flight:
+                return refuse_busy(request)
+            load["waiting"] += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await slots.acquire()
+            except TimeoutError:
+                return refuse_busy(request)
+            finally:
+                load["waiting"] -= 1
+        else:
+            await slots.acquire()
+        load["in_flight"] += 1
         try:
-            return await receive(request)
+            return await receive(request, deadline)
         finally:
-            in_flight -= 1
+            load["in_flight"] -= 1
+            slots.release()
 
-    async def receive(request: Request) -> Response:
+    def refuse_busy(request: Request) -> Response:
+        log.warning(
+            "refused a delivery from %s: %d deliveries in flight and %d waiting "
+            "(PREVIEWS_MAX_CONCURRENT_DELIVERIES=%d)",
+            _client(request),
+            load["in_flight"],
+            load["waiting"],
+            max_in_flight,
+        )
+        return _error(503, "too many deliveries in flight; retry later", close=True, retry_after=1)
+
+    async def receive(request: Request, deadline: float) -> Response:
         try:
-            with anyio.fail_after(read_timeout):
+            async with asyncio.timeout_at(deadline):
                 body = await _read_body(request, limit)
         except _TooLarge:
             log.warning("refused a delivery from %s: body larger than %d bytes", _client(request), limit)
@@ -258,6 +280,7 @@ def create_app(
             },
             "prefect": {"reachable": reachable},
             "signatures": "required" if secret is not None else "not checked (--insecure-no-signature)",
+            "deliveries": {**load, "limit": max_in_flight},
             "forwarder": {"enabled": forwarder_enabled, **forwarder.status()},
             "time": time.time(),
         }

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -239,23 +240,57 @@ def test_a_stalled_body_is_answered_408_and_the_connection_closed(tmp_path: Path
         assert httpx.get(f"{url}/healthz", timeout=10).json()["outbox"]["pending"] == 0
 
 
-def test_deliveries_beyond_the_concurrency_limit_get_503_until_a_slot_frees(tmp_path: Path) -> None:
+def wait_for_load(url: str, **expected: int) -> None:
+    """Wait until ``/healthz`` reports these delivery counts (in_flight, waiting)."""
+    deadline = time.monotonic() + 30
+    while True:
+        load = httpx.get(f"{url}/healthz", timeout=10).json()["deliveries"]
+        if all(load[key] == value for key, value in expected.items()):
+            return
+        assert time.monotonic() < deadline, load
+        time.sleep(0.05)
+
+
+def test_a_delivery_beyond_the_concurrency_limit_waits_for_a_slot(tmp_path: Path) -> None:
     with small_receiver(tmp_path, max_concurrent_deliveries=2, body_read_timeout=3) as url:
         port = int(url.rsplit(":", 1)[1])
         stalled = [stall(port), stall(port)]
         try:
-            time.sleep(0.3)  # let the receiver take both into their slots
+            wait_for_load(url, in_flight=2)
             body, sent = signed_delivery(3)
-            refused = httpx.post(f"{url}/webhooks/github", content=body, headers=sent, timeout=30)
-            assert refused.status_code == 503
-            assert refused.headers["retry-after"] == "1"
-            assert "in flight" in refused.json()["error"]
-            assert [answer_then_close(sock)[0] for sock in stalled] == ["HTTP/1.1 408 Request Timeout"] * 2
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(
+                    httpx.post, f"{url}/webhooks/github", content=body, headers=sent, timeout=60
+                )
+                wait_for_load(url, waiting=1)
+                assert [answer_then_close(sock)[0] for sock in stalled] == [
+                    "HTTP/1.1 408 Request Timeout"
+                ] * 2
+                accepted = waiting.result()
         finally:
             for sock in stalled:
                 sock.close()
-        accepted = httpx.post(f"{url}/webhooks/github", content=body, headers=sent, timeout=30)
         assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["status"] == "accepted"
+
+
+def test_when_as_many_wait_as_are_in_flight_the_next_delivery_gets_503(tmp_path: Path) -> None:
+    with small_receiver(tmp_path, max_concurrent_deliveries=1, body_read_timeout=30) as url:
+        port = int(url.rsplit(":", 1)[1])
+        stalled = [stall(port)]
+        try:
+            wait_for_load(url, in_flight=1)
+            stalled.append(stall(port))
+            wait_for_load(url, in_flight=1, waiting=1)
+            body, sent = signed_delivery(3)
+            refused = httpx.post(f"{url}/webhooks/github", content=body, headers=sent, timeout=30)
+        finally:
+            for sock in stalled:
+                sock.close()
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["connection"] == "close"
+        assert "in flight" in refused.json()["error"]
 
 
 def test_default_body_limit_fits_githubs_real_pull_request_payloads_with_margin() -> None:
