@@ -39,7 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from previews.core.events import parse_pull_request_event, prefect_event
+from previews.core.events import PullRequestEvent, parse_pull_request_event, prefect_event
 from previews.core.names import parse_repository
 from previews.errors import SignatureError, ValidationError
 from previews.github.webhooks import SIGNATURE_HEADER, parse_delivery, verify_signature
@@ -163,10 +163,13 @@ def create_app(
             await slots.acquire()
         load["in_flight"] += 1
         try:
-            return await receive(request, deadline)
-        finally:
+            received = await receive(request, deadline)
+        finally:  # the body is dropped here: a delivery waiting for its commit holds only its small event
             load["in_flight"] -= 1
             slots.release()
+        if isinstance(received, Response):
+            return received
+        return await store(*received)
 
     def refuse_busy(request: Request) -> Response:
         log.warning(
@@ -179,7 +182,8 @@ def create_app(
         )
         return _error(503, "too many deliveries in flight; retry later", close=True, retry_after=1)
 
-    async def receive(request: Request, deadline: float) -> Response:
+    async def receive(request: Request, deadline: float) -> Response | tuple[NewEntry, PullRequestEvent]:
+        """Read, verify and validate one delivery: a refusal or answer, or the entry to store."""
         try:
             async with asyncio.timeout_at(deadline):
                 body = await _read_body(request, limit)
@@ -235,6 +239,10 @@ def create_app(
             number=event.number,
             body_sha256=hashlib.sha256(body).hexdigest(),
         )
+        return entry, event
+
+    async def store(entry: NewEntry, event: PullRequestEvent) -> Response:
+        """Commit ``entry`` (shared with concurrent deliveries) and answer 202 once it is on disk."""
         try:
             added = await committer.add(entry)
         except OutboxError as exc:

@@ -385,15 +385,22 @@ class GroupCommit:
     Use from one event loop only.
     """
 
-    def __init__(self, outbox: Outbox, *, max_batch: int = 256) -> None:
+    def __init__(self, outbox: Outbox, *, max_batch: int = 256, max_queued: int = 4096) -> None:
         self.outbox = outbox
         self.max_batch = max_batch
+        self.max_queued = max_queued
         self._queue: list[tuple[NewEntry, asyncio.Future[Added]]] = []
         self._committer: asyncio.Task[None] | None = None
         self.commits = 0
 
     async def add(self, entry: NewEntry) -> Added:
-        """Queue ``entry`` and wait until the transaction holding it committed."""
+        """Queue ``entry`` and wait until the transaction holding it committed.
+
+        Raises :class:`OutboxError` when the commit failed, or at once when ``max_queued`` entries are
+        already waiting (the disk is not keeping up; the caller should answer "retry later").
+        """
+        if len(self._queue) >= self.max_queued:
+            raise OutboxError(f"{len(self._queue)} deliveries are already waiting for the outbox to commit")
         future: asyncio.Future[Added] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, future))
         if self._committer is None or self._committer.done():

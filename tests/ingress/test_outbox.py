@@ -291,3 +291,20 @@ def test_group_commit_reports_a_failed_commit_to_every_caller(tmp_path: Path) ->
         )
 
     assert [type(r) for r in asyncio.run(add_two())] == [OutboxError, OutboxError]
+
+
+def test_group_commit_refuses_at_once_when_too_many_wait_for_the_disk(tmp_path: Path) -> None:
+    async def add_two(outbox: Outbox) -> list[BaseException | Added]:
+        committer = GroupCommit(outbox, max_queued=1)
+        return await asyncio.gather(
+            committer.add(NewEntry("x", _event("x"), "o/r", 1, "hx")),
+            committer.add(NewEntry("y", _event("y"), "o/r", 1, "hy")),
+            return_exceptions=True,
+        )
+
+    with Outbox(tmp_path / "o.db") as outbox:
+        first, second = asyncio.run(add_two(outbox))
+        assert first == Added("x")
+        assert isinstance(second, OutboxError)
+        assert "waiting for the outbox to commit" in str(second)
+        assert [e.delivery for e in outbox.entries()] == ["x"]
