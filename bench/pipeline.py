@@ -194,7 +194,7 @@ class CliRun:
 
 def previews_build(project: Project, env: Mapping[str, str], workdir: Path) -> CliRun:
     """Run ``previews build --json`` as its own process; its peak RSS comes from ``wait4``."""
-    argv = [sys.executable, "-m", "previews.cli", "build", "--repository", project.repository]
+    argv = [str(Path(sys.executable).parent / "previews"), "build", "--repository", project.repository]
     argv += ["--pr", str(project.pr), "--sha", project.head_sha, "--json"]
     out_path, err_path = workdir / "build.out", workdir / "build.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:
@@ -213,7 +213,7 @@ def previews_build(project: Project, env: Mapping[str, str], workdir: Path) -> C
 
 def delivery(project: Project) -> tuple[bytes, dict[str, str], str]:
     """A signed ``synchronize`` delivery (a real GitHub payload) for the project's current head."""
-    raw = resources.files("previews.demo_data").joinpath("synchronize.payload.json").read_text()
+    raw = resources.files("previews.local.demo_data").joinpath("synchronize.payload.json").read_text()
     payload: dict[str, Any] = copy.deepcopy(json.loads(raw))
     owner, name = project.repository.split("/")
     payload["number"] = project.pr

@@ -61,7 +61,7 @@ def _free_port() -> int:
 
 def _body() -> bytes:
     """The delivery template: a real ``synchronize`` payload whose PR body holds a sequence placeholder."""
-    raw = resources.files("previews.demo_data").joinpath("synchronize.payload.json").read_text()
+    raw = resources.files("previews.local.demo_data").joinpath("synchronize.payload.json").read_text()
     payload = json.loads(raw)
     payload["pull_request"]["body"] = _SEQ.decode()
     return json.dumps(payload).encode()
@@ -268,7 +268,7 @@ def _start_receiver(workdir: Path, port: int, api_url: str) -> subprocess.Popen[
     }
     log = (workdir / "receiver.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "previews.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [str(Path(sys.executable).parent / "previews"), "serve", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

@@ -41,7 +41,7 @@ import pipeline  # noqa: E402
 import receiver as receiver_bench  # noqa: E402
 
 from previews import demo  # noqa: E402
-from previews.stack import Stack  # noqa: E402
+from previews.local.stack import Stack  # noqa: E402
 from tests.support.services import ensure_base_image, free_port  # noqa: E402
 
 
@@ -108,9 +108,7 @@ def running_stack(
         receiver, _ = stack.start(
             "receiver",
             [
-                sys.executable,
-                "-m",
-                "previews.cli",
+                str(bin_dir / "previews"),
                 "serve",
                 "--host",
                 "127.0.0.1",

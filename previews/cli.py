@@ -14,9 +14,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from previews import stack
 from previews.errors import PreviewsError, ValidationError
 from previews.ingress import commands as ingress_commands
+from previews.local import stack
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 

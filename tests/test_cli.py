@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.support.console import PREVIEWS
 from tests.support.sample import make_sample
 from tests.support.services import Registry
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
 
 def previews(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "previews.cli", *args],
+        [PREVIEWS, *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -18,10 +18,9 @@ from pydantic import SecretStr
 from previews.core.request import Sibling
 from previews.errors import AuthError, GitError, TransientGitError, ValidationError
 from previews.git import changed_files, checkout, remove_workspace, repository_url
+from tests.support.fixtures import FIXTURES
 from tests.support.git_http import run_git_http
 from tests.support.services import Remote, free_port, git, make_remote
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def _remote(root: Path, kind: str = "app") -> Remote:

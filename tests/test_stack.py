@@ -6,12 +6,12 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.console import PREVIEWS
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -22,9 +22,7 @@ def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PREVIEWS_"))}
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "previews.cli",
+            PREVIEWS,
             "up",
             "--demo",
             "--exit-after-demo",
@@ -43,6 +41,11 @@ def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
+    secret_file = tmp_path / "state" / "webhook-secret"
+    assert re.search(
+        rf"^Webhook secret:\s+\S{{32,}}  \(generated for this stack, kept in {secret_file}\)$", out, re.M
+    )
+    assert secret_file.read_text() in out
     image = re.search(r"^image:\s+(\S+)$", out, re.M)
     digest = re.search(r"^digest:\s+(sha256:[0-9a-f]{64})$", out, re.M)
     run_url = re.search(

@@ -1,6 +1,7 @@
 """OCI Distribution client (httpx): tags, manifests, config blobs, delete by digest; Basic and Bearer token auth.
 
-Follows the distribution spec v1.1 and the Docker token auth spec (``shared/fixtures/oci/``): pagination follows
+Follows the OCI distribution spec v1.1 and the Docker token auth spec (distribution/distribution
+``docs/content/spec/auth/token.md``): pagination follows
 the ``Link`` header as given (relative or absolute), manifests are read with the OCI and Docker media types, the
 digest comes from ``Docker-Content-Digest`` (or is computed from the body), and a ``401`` with
 ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` is answered by fetching a token from the realm.

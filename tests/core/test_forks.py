@@ -1,4 +1,4 @@
-"""Fork policy decisions, driven by real pull_request payloads from shared/fixtures/github/webhooks/."""
+"""Fork policy decisions, driven by real pull_request payloads from tests/fixtures/github/webhooks/."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from previews.core.forks import decide_fork, is_fork, parse_fork_policy
 from previews.core.status import MAX_DESCRIPTION
 from previews.errors import ValidationError
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.fixtures import FIXTURES
 
-WEBHOOKS = SHARED_FIXTURES / "github/webhooks"
+WEBHOOKS = FIXTURES / "github/webhooks"
 
 
 def _payload(name: str) -> dict[str, Any]:

@@ -16,9 +16,8 @@ from previews.core.names import (
 )
 from previews.core.request import Sibling, parse_siblings, validate_request
 from previews.errors import ValidationError
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.fixtures import FIXTURES
 
-FIXTURES = SHARED_FIXTURES
 HOSTILE = json.loads((FIXTURES / "security" / "hostile-inputs.json").read_text())
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from previews.core.tags import DEFAULT_PROTECTED, PrTag, ensure_pushable, is_protected, parse_pr_tag, pr_tag
 from previews.errors import TagPolicyError, ValidationError
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.fixtures import FIXTURES
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-FIXTURES = SHARED_FIXTURES
 
 
 def test_pr_tag_uses_full_sha_by_default() -> None:

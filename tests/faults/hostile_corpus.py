@@ -1,4 +1,4 @@
-"""The hostile-input corpus: values from ``shared/fixtures/security/`` plus generated ones.
+"""The hostile-input corpus: values from ``tests/fixtures/security/`` plus generated ones.
 
 Each receiver case is one signed (or deliberately mis-signed) delivery with the status the receiver documents
 for it (see :mod:`previews.ingress.app`): 401 signature, 400 headers/body/payload field, 413 size, 403 allow

@@ -80,9 +80,9 @@ def send(receiver: Receiver, case: Case, marker: Path) -> tuple[httpx.Response, 
     return httpx.post(receiver.webhook_url, content=body, headers=sent, timeout=30), delivery
 
 
-def test_the_corpus_is_big_enough_and_uses_the_shared_fixtures() -> None:
+def test_the_corpus_is_big_enough_and_uses_the_fixtures() -> None:
     assert len(CASES) >= 200
-    assert any("IFS" in v for v in IDENTITY_HOSTILE)  # from shared/fixtures/security
+    assert any("IFS" in v for v in IDENTITY_HOSTILE)  # from tests/fixtures/security
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -21,7 +21,7 @@ from previews.errors import (
 from previews.github.client import GitHubClient, PullRequestInfo
 from previews.settings import Settings
 from tests.support.fake_github import FakeGitHub
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.fixtures import FIXTURES
 from tests.support.services import free_port
 
 REPO = "Acme/App"
@@ -88,7 +88,7 @@ def test_a_real_recorded_pull_request_body_parses() -> None:
     """gidgethub's recorded GET /repos/python/cpython/pulls/1 (a merged PR)."""
     import json
 
-    body = json.loads((SHARED_FIXTURES / "github/api/real/gidgethub/pr_single.body.json").read_text())
+    body = json.loads((FIXTURES / "github/api/real/gidgethub/pr_single.body.json").read_text())
     pr = PullRequestInfo.from_api(body)
     assert (pr.number, pr.state, pr.merged, pr.base_repository) == (1, "closed", True, "python/cpython")
     assert len(pr.head_sha) == 40

@@ -1,4 +1,4 @@
-"""The fake GitHub answers with the shapes of GitHub's own OpenAPI description (shared/fixtures excerpts)."""
+"""The fake GitHub answers with the shapes of GitHub's own OpenAPI description (tests/fixtures excerpts)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.support.fake_github import FakeGitHub
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.fixtures import FIXTURES
 
-EXCERPTS = SHARED_FIXTURES / "github/api/openapi-excerpts"
+EXCERPTS = FIXTURES / "github/api/openapi-excerpts"
 REPO = "Acme/App"
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 

@@ -13,12 +13,12 @@ from previews.core.forks import decide_fork
 from previews.errors import GitHubUnprocessableError, ValidationError
 from previews.github.client import GitHubClient
 from tests.support.fake_github import FakeGitHub
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.fixtures import FIXTURES
 
 REPO = "acme/app"
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 CONTEXT = "previews/image"
-WEBHOOKS = SHARED_FIXTURES / "github/webhooks"
+WEBHOOKS = FIXTURES / "github/webhooks"
 RUN_URL = "http://127.0.0.1:4200/runs/flow-run/0b8c2f6e-1c1f-4d1c-9f4e-3c6f1f7c2b11"
 
 

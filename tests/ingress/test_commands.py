@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,15 +12,14 @@ import httpx
 from previews.cli import parser
 from previews.core.events import event_id
 from previews.ingress.outbox import Outbox
+from tests.support.console import PREVIEWS
 from tests.support.services import free_port
 from tests.support.webhooks import headers, serve_process, synchronize_payload
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREVIEWS_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3")}
-    return subprocess.run(
-        [sys.executable, "-m", "previews.cli", *args], env=env, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([PREVIEWS, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def fill(tmp_path: Path) -> None:
@@ -84,7 +82,7 @@ def test_serve_without_a_secret_refuses_to_start_with_one_line_naming_the_variab
     env = {k: v for k, v in os.environ.items() if k != "PREVIEWS_WEBHOOK_SECRET"}
     env["PREVIEWS_OUTBOX_PATH"] = str(tmp_path / "outbox.sqlite3")
     out = subprocess.run(
-        [sys.executable, "-m", "previews.cli", "serve", "--port", str(port)],
+        [PREVIEWS, "serve", "--port", str(port)],
         env=env,
         capture_output=True,
         text=True,

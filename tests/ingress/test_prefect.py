@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from previews.errors import TransientError
 from previews.ingress.forwarder import Forwarder, prefect_headers, redact_url
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
+from tests.support.console import PREVIEWS
 from tests.support.services import free_port, stop, wait_http
 from tests.support.webhooks import (
     SECRET,
@@ -231,7 +231,7 @@ def serve_subprocess(tmp_path: Path, api_url: str, port: int) -> Iterator[subpro
     log = tmp_path / f"serve-{port}-{time.time_ns()}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "previews.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [PREVIEWS, "serve", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -217,7 +217,8 @@ def test_list_plan_apply_keeps_every_remaining_image_whole(
 
 
 class _PagedTags(BaseHTTPRequestHandler):
-    """Serves tags/list pages the way quay.io does (``shared/fixtures/oci/real/observed-responses.json``):
+    """Serves tags/list pages the way quay.io does (recorded in ivanilves/lstags#185 and
+    TritonDataCenter/node-docker-registry-client#12):
     an opaque ``next_page`` cursor, page 2 linked RELATIVE, page 3 linked ABSOLUTE. The Debian registry
     here ignores ``n`` and never paginates, so the Link handling is checked against these recorded shapes."""
 

@@ -2,7 +2,7 @@
 
 The registry (Debian docker-registry 2.8) trusts a self-signed certificate; a small token server on 127.0.0.1
 checks Basic credentials and issues RS256 JWTs carrying that certificate in ``x5c`` (docker token spec,
-``shared/fixtures/oci/docker-distribution/auth-token.md``).
+distribution/distribution ``docs/content/spec/auth/token.md``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A fake GitHub REST API: a small Starlette app served by uvicorn on 127.0.0.1 in a background thread.
 
 It implements exactly the endpoints `previews` uses, with the shapes, status codes and headers recorded in
-``shared/fixtures/github/api/`` (bodies are built from the recorded examples):
+``tests/fixtures/github/api/`` (bodies are built from the recorded examples):
 
 - ``GET  /repos/{o}/{r}/pulls/{n}``                  200 pull request | 404
 - ``GET  /repos/{o}/{r}/pulls``                      200 list, paginated with ``Link`` (``per_page``, ``page``)
@@ -48,10 +48,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support import fixtures
 from tests.support.services import free_port
 
-FIXTURES = SHARED_FIXTURES / "github/api"
+FIXTURES = fixtures.FIXTURES / "github/api"
 DOCS = "https://docs.github.com/rest"
 SECONDARY_LIMIT_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "

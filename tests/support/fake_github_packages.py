@@ -1,9 +1,10 @@
 """A small real HTTP server speaking the GitHub Packages REST API for container packages.
 
-Shapes follow ``shared/fixtures/github/api/``: version objects as in ``examples/package-version-org.json``
-(``metadata.container.tags``), pagination ``Link`` headers that switch to ``/organizations/{id}/...`` as in
-``real/observed-ghcr-package-versions.json``, and the error bodies of ``real/observed-ghcr-packages-api-errors.json``
-(400 for the last tagged version, 404 "Package not found.", a non-integer version id).
+Shapes follow GitHub's REST API description (``@octokit/openapi``): version objects as in the
+``package-version-org`` example (``metadata.container.tags``), pagination ``Link`` headers that switch to
+``/organizations/{id}/...`` as recorded in github.com/orgs/community/discussions/124413, and the error bodies
+reported in actions/delete-package-versions#231 and #101 and SmartsquareGmbH/delete-old-packages#33 (400 for the
+last tagged version, 404 "Package not found.", a non-integer version id).
 Rate-limit answers can be queued with :meth:`FakeGitHubPackages.inject`.
 
 Endpoints::

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,10 +22,10 @@ from previews.github.webhooks import sign
 from previews.ingress.app import create_app
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
-from tests.support.fixtures import FIXTURES as SHARED_FIXTURES
+from tests.support.console import PREVIEWS
+from tests.support.fixtures import FIXTURES
 from tests.support.services import free_port, stop, wait_http
 
-FIXTURES = SHARED_FIXTURES
 WEBHOOKS = FIXTURES / "github" / "webhooks"
 SECRET = "test-webhook-secret"
 
@@ -187,7 +186,7 @@ def serve_process(
         **(env or {}),
     }
     log = tmp_path / f"serve-{port}.log"
-    argv = [sys.executable, "-m", "previews.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [PREVIEWS, "serve", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*argv, *args],

@@ -136,7 +136,7 @@ def make_project(root: Path) -> DemoProject:
 
 def delivery_body(project: DemoProject) -> bytes:
     """A real ``synchronize`` payload from GitHub, rewritten to the demo repository and commits."""
-    raw = resources.files("previews.demo_data").joinpath("synchronize.payload.json").read_text()
+    raw = resources.files("previews.local.demo_data").joinpath("synchronize.payload.json").read_text()
     payload = copy.deepcopy(json.loads(raw))
     owner, name = project.repository.split("/")
     payload["number"] = DEMO_PR

@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from previews import demo
 from previews.errors import PreviewsError
+from previews.local import demo
 
 
 class StackError(PreviewsError):
@@ -162,22 +162,38 @@ def _wait_for_deployments(
     raise StackError(f"the deployments were not served within {timeout:.0f}s (log: {log})")
 
 
+def webhook_secret(state_dir: Path, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The stack's webhook secret and where it comes from.
+
+    ``PREVIEWS_WEBHOOK_SECRET`` if set; otherwise the one generated for this state directory on its first
+    ``previews up`` and kept in ``<state>/webhook-secret`` (mode 0600), so GitHub's side stays valid across
+    restarts.
+    """
+    if environ.get("PREVIEWS_WEBHOOK_SECRET"):
+        return environ["PREVIEWS_WEBHOOK_SECRET"], "from PREVIEWS_WEBHOOK_SECRET"
+    path = state_dir / "webhook-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip(), f"generated for this stack, kept in {path}"
+
+
 def _up(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    secret, secret_origin = webhook_secret(state_dir, os.environ)
     with ExitStack() as stack:
-        extra_env: dict[str, str] = {}
+        extra_env: dict[str, str] = {"PREVIEWS_WEBHOOK_SECRET": secret}
         sample: demo.DemoProject | None = None
         if args.demo:
             registry = stack.enter_context(demo.run_registry(state_dir / "demo" / "registry"))
             sample = demo.make_project(state_dir / "demo" / "remotes")
-            webhook_secret = secrets.token_urlsafe(24)
-            extra_env = {
+            extra_env |= {
                 "PREVIEWS_REGISTRY": registry.host,
                 "PREVIEWS_REGISTRY_USERNAME": registry.username,
                 "PREVIEWS_REGISTRY_TOKEN": registry.password,
                 "PREVIEWS_GIT_URL_TEMPLATE": sample.git_url_template,
-                "PREVIEWS_WEBHOOK_SECRET": webhook_secret,
                 "PREVIEWS_ALLOWED_REPOSITORIES": sample.repository,
                 "PREVIEWS_OUTBOX_PATH": str(state_dir / "demo" / "outbox.sqlite3"),
             }
@@ -191,6 +207,10 @@ def _up(args: argparse.Namespace) -> int:
         )
         print(f"Prefect UI:        {urls['ui']}")
         print(f"Webhook receiver:  {urls['receiver']}")
+        if secret_origin.startswith("generated"):  # the user needs it for GitHub's webhook settings
+            print(f"Webhook secret:    {secret}  ({secret_origin})")
+        else:
+            print(f"Webhook secret:    {secret_origin}")
         print(f"Logs:              {urls['logs']}")
         if args.demo and sample is not None:
             print("Demo: sending a signed pull_request delivery built from a real GitHub payload ...")
@@ -200,7 +220,7 @@ def _up(args: argparse.Namespace) -> int:
                 api_url=urls["api"],
                 ui_url=urls["ui"],
                 registry=registry,
-                secret=extra_env["PREVIEWS_WEBHOOK_SECRET"],
+                secret=secret,
                 timeout=args.timeout,
             )
             for key, value in outcome.items():
