@@ -1,7 +1,8 @@
 # The flow-runner image of the `previews` Docker work pool: Python 3.11, Prefect and this project.
 # Build it with `scripts/runner-image`: it makes the base image (debootstrap + docker import) when missing and
-# a build context holding this file, `wheels/` (every dependency, built by pip on the host) and `src/` (the
-# project), so the build below needs no network and no registry.
+# a build context holding this file, `wheels/` (every dependency, built by pip on the host), `docker-cli/`
+# (the client binary of Debian's docker.io package) and `src/` (the project), so the build below needs no
+# network and no registry.
 #
 # Non-root: the flow runs as uid 10001. Its PR builds talk to the host engine through the mounted
 # /var/run/docker.sock, which is root:docker 660 on Debian; give the container the socket's group at run time
@@ -20,6 +21,8 @@ COPY src/ /opt/previews/
 RUN python3 -m compileall -q -j 0 /opt/previews/previews /opt/previews/flows /opt/previews/blocks
 
 FROM ${BASE_IMAGE}
+# The flow's builds run this client (Debian's docker.io 20.10: BuildKit with DOCKER_BUILDKIT=1, no buildx needed).
+COPY docker-cli/docker /usr/bin/docker
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/previews --shell /usr/sbin/nologin previews
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/previews /opt/previews

@@ -13,8 +13,6 @@ registry, each cold (a salt in its Dockerfile defeats the layer cache) and then 
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -34,6 +32,8 @@ from typing import Any
 
 import docker
 import httpx
+
+from previews.signature import sign
 
 BASE_IMAGE = "previews-test/busybox:1"
 BENCH_DOCKERFILE = """\
@@ -237,7 +237,7 @@ def delivery(project: Project) -> tuple[bytes, dict[str, str], str]:
         "Content-Type": "application/json",
         "X-GitHub-Event": "pull_request",
         "X-GitHub-Delivery": delivery_id,
-        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "X-Hub-Signature-256": sign(body, SECRET),
     }
     return body, headers, delivery_id
 

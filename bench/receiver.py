@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import itertools
 import json
 import os
@@ -44,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from previews.signature import sign
 
 SECRET = "bench-secret"
 _SEQ = b"bench-seq-0000000000"
@@ -82,7 +82,7 @@ def _request(body: bytes) -> dict[str, str]:
         "Content-Type": "application/json",
         "X-GitHub-Event": "pull_request",
         "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "X-Hub-Signature-256": sign(body, SECRET),
     }
 
 

@@ -10,7 +10,9 @@ trigger, ``PREFECT_RUNNER_POLL_FREQUENCY=1``) and receiver, then measures:
 2. receiver deliveries/s and p50/p99 with the durable outbox (bench/receiver.py): fixed load and saturation;
 3. event -> flow run Running, p50/p99 over ``--events`` deliveries (use ``--events 50`` for the full figure);
 4. cleanup planner time for ``--versions`` image versions (bench/cleanup.py);
-5. peak RSS of the receiver, the flow runner, one flow run (its subprocess) and ``previews build``.
+5. peak RSS of the receiver, the flow runner, one flow run (its subprocess) and ``previews build``;
+6. BuildKit against the classic builder (warm one-line rebuild), and one-line rebuilds on cold, private
+   engines with and without the registry cache (bench/buildkit.py; the private engines need root).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+import buildkit as buildkit_bench  # noqa: E402
 import cleanup as cleanup_bench  # noqa: E402
 import pipeline  # noqa: E402
 import receiver as receiver_bench  # noqa: E402
 
-from previews import demo  # noqa: E402
+from previews.local import demo  # noqa: E402
 from previews.local.stack import Stack  # noqa: E402
 from tests.support.services import ensure_base_image, free_port  # noqa: E402
 
@@ -104,7 +107,7 @@ def running_stack(
             env,
         )
         wait_for(f"{api}/health", server, timeout=180)
-        runner, _ = stack.start("flows", [sys.executable, "-m", "flows.serve"], env)
+        runner, _ = stack.start("flows", [sys.executable, "-m", "flows.serve"], env, grace=6, tier=1)
         receiver, _ = stack.start(
             "receiver",
             [
@@ -116,6 +119,8 @@ def running_stack(
                 str(receiver_port),
             ],
             env,
+            grace=2,
+            tier=1,
         )
         wait_for(f"http://127.0.0.1:{receiver_port}/healthz", receiver, timeout=60)
         wait_for_deployments(api, runner, timeout=120)
@@ -166,6 +171,12 @@ def main() -> int:
     )
     parser.add_argument("--receiver-seconds", type=float, default=5.0, help="seconds per receiver scenario")
     parser.add_argument("--versions", type=int, default=100_000, help="versions for the cleanup planner")
+    parser.add_argument(
+        "--buildkit-samples",
+        type=int,
+        default=3,
+        help="warm rebuilds per builder (0: skip bench/buildkit.py)",
+    )
     args = parser.parse_args()
 
     client = docker.from_env(timeout=300)
@@ -257,6 +268,8 @@ def main() -> int:
             "served deployment, poll 1 s",
         )
     )
+    if args.buildkit_samples > 0:
+        rows.extend(buildkit_bench.measure(args.buildkit_samples))
     plan_s, plan_text = planner_seconds(args.versions)
     rows.append((f"cleanup planner, {args.versions} versions", f"{plan_s:.2f} s", "best of 3", "", ""))
     notes.append(plan_text)

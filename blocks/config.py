@@ -29,10 +29,19 @@ class PreviewsConfig(Block):
     )
     build_target: str | None = Field(default=None, description="Multi-stage target.")
     build_args: str | None = Field(default=None, description="KEY=VALUE,... (never secrets).")
+    build_secrets: str | None = Field(
+        default=None,
+        description="id=ENV_VAR,... build secrets; values from that variable or the credentials block.",
+    )
     github_api_url: str | None = None
     infra_repository: str | None = None
     infra_webhook_url: str | None = None
-    paths_ignore: str | None = None
+    paths_ignore: str | None = Field(
+        default=None, description="GitHub Actions paths-ignore patterns, comma-separated."
+    )
+    paths: str | None = Field(
+        default=None, description="GitHub Actions paths patterns ('!' excludes); not with paths_ignore."
+    )
     fork_policy: str | None = None
     status_context: str | None = None
 

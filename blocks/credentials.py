@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
+from prefect.blocks.fields import SecretDict
 from pydantic import Field, SecretStr
 
 from previews.settings import Settings
@@ -23,7 +24,18 @@ class PreviewsCredentials(Block):
     registry_token: SecretStr | None = Field(
         default=None, description="Registry password or token with push rights."
     )
-    git_token: SecretStr | None = Field(default=None, description="Token to clone private repositories.")
+    git_token: SecretStr | None = Field(
+        default=None, description="Token to fetch the app repository (and siblings, if no sibling token)."
+    )
+    siblings_git_token: SecretStr | None = Field(
+        default=None, description="Token to fetch sibling repositories (and the app, if no git token)."
+    )
+    # SecretDict, not dict[str, SecretStr]: Prefect masks a SecretDict's values in the block document its API
+    # serves, but serves the values of a plain dict of SecretStr in clear (measured with Prefect 3.9).
+    build_secrets: SecretDict | None = Field(
+        default=None,
+        description="Build secret values by the ENV_VAR names PREVIEWS_BUILD_SECRETS gives (id=ENV_VAR,...).",
+    )
     github_token: SecretStr | None = Field(
         default=None, description="GitHub token for statuses and dispatches."
     )
@@ -42,10 +54,14 @@ class PreviewsCredentials(Block):
                 "registry_username",
                 "registry_token",
                 "git_token",
+                "siblings_git_token",
                 "github_token",
                 "github_app_private_key",
                 "infra_webhook_secret",
             )
             if getattr(self, name) is not None
         }
+        if self.build_secrets is not None:
+            stored = {str(k): SecretStr(str(v)) for k, v in self.build_secrets.get_secret_value().items()}
+            update["build_secret_values"] = {**settings.build_secret_values, **stored}
         return settings.model_copy(update=update)

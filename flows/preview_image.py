@@ -13,6 +13,7 @@ SHA with the same build settings is reused (``force_rebuild`` overrides).
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -26,22 +27,24 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
+from pydantic import SecretStr
 
 from flows import supersede as supersede_runs
 from flows.common import current_settings, log_notify, retry_transient_only, retrying, timed
 from flows.reporting import StatusReporter, flow_run_url
 from previews import build_cache, git
 from previews.core import status
+from previews.core.buildkit import parse_build_secrets, resolve_build_secrets
 from previews.core.fingerprint import FINGERPRINT_LABEL, build_fingerprint, is_published
 from previews.core.forks import decide_fork
+from previews.core.labels import github_server_url, oci_labels
 from previews.core.names import parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
-from previews.core.paths import docs_only
 from previews.core.request import BuildRequest, validate_request
 from previews.core.status import StatusUpdate
 from previews.core.supersede import SupersedeDecision
 from previews.core.tags import ensure_pushable, pr_tag
-from previews.docker_engine import BuildSpec, BuiltImage, DockerEngine, PushedImage
+from previews.docker_engine import BuildSpec, BuiltImage, DockerEngine, PushedImage, RegistryLogin
 from previews.errors import BuildError, PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
 from previews.github.client import GitHubClient, PullRequestInfo
@@ -91,13 +94,14 @@ def checkout_source(
         sha=request.head_sha,
         pr_number=request.pr_number,
         siblings=siblings,
-        token=settings.git_token,
+        token=settings.app_git_token(),
+        siblings_token=settings.sibling_git_token(),
         app_name=settings.app_dir,
         fetch_base=base_sha,
     )
     logger.info("Checked out %s at %s", request.repository, result.head_sha)
     for name, sha in result.siblings.items():
-        logger.info("Checked out sibling %s at %s", name, sha)
+        logger.info("Checked out sibling %s (%s) at %s", name, result.sibling_refs.get(name, "?"), sha)
     return result
 
 
@@ -142,9 +146,13 @@ def _build_spec(
     if not dockerfile.is_relative_to(context):
         raise ValidationError("PREVIEWS_DOCKERFILE", f"{settings.dockerfile!r} is outside the build context")
     labels = {
-        "org.opencontainers.image.source": request.source_url,
-        "org.opencontainers.image.revision": checkout.head_sha,
-        "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **oci_labels(
+            server_url=github_server_url(settings.github_api_url),
+            repository=request.repository,
+            revision=checkout.head_sha,
+            created=datetime.now(UTC),
+            version=tag,
+        ),
         "previews.pr": str(request.pr_number),
         "previews.repository": request.repository,
         FINGERPRINT_LABEL: fingerprint_of(request, checkout, settings),
@@ -161,6 +169,21 @@ def _build_spec(
     )
 
 
+def build_secrets(settings: Settings) -> dict[str, SecretStr]:
+    """``PREVIEWS_BUILD_SECRETS`` resolved from the credentials block, else this process's environment."""
+    return resolve_build_secrets(
+        parse_build_secrets(settings.build_secrets),
+        environ=os.environ,
+        stored=settings.build_secret_values,
+    )
+
+
+def _registry_login(settings: Settings) -> RegistryLogin | None:
+    if settings.registry_username is None or settings.registry_token is None:
+        return None
+    return RegistryLogin(settings.registry, settings.registry_username, settings.registry_token)
+
+
 @task(name="build", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
 def build_image(
     request: BuildRequest,
@@ -168,12 +191,29 @@ def build_image(
     tag: str,
     settings: Settings,
     cache_from: tuple[str, ...] = (),
+    fork: bool = False,
 ) -> BuiltImage:
-    """Build the production Dockerfile at the checked-out commit, streaming its output into the run log."""
+    """Build the production Dockerfile at the checked-out commit, streaming its output into the run log.
+
+    A fork's Dockerfile is not trusted with the build secrets unless ``PREVIEWS_FORK_BUILD_SECRETS`` says so.
+    """
     logger = get_run_logger()
     spec = _build_spec(request, checkout, tag, settings, cache_from)
     engine = DockerEngine.from_env(timeout=settings.build_timeout)
-    built = engine.build(spec, on_line=logger.info)
+    secrets = build_secrets(settings)
+    if fork and secrets and not settings.fork_build_secrets:
+        logger.warning(
+            "build secrets %s withheld from a fork's build (PREVIEWS_FORK_BUILD_SECRETS=true passes them)",
+            ", ".join(sorted(secrets)),
+        )
+        secrets = {}
+    built = engine.build(
+        spec,
+        on_line=logger.info,
+        secrets=secrets,
+        login=_registry_login(settings),
+        docker_cli=settings.docker_cli,
+    )
     logger.info("Built %s (%d of %d steps cached)", spec.image_ref, built.cached_steps, built.steps)
     return built
 
@@ -391,7 +431,7 @@ def preview_image(
         flow_run_id=run_id,
     )
 
-    client = GitHubClient.from_settings(settings, backoff=settings.retry_delay)
+    client = GitHubClient.from_settings(settings)
     reporter = StatusReporter(
         client, request.repository, settings.status_context, flow_run_url(settings), logger
     )
@@ -458,6 +498,8 @@ def _run(
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise ValidationError("labels", "must be a list of label names")
     pr_labels = list(labels or [])
+    path_filter = settings.path_filter()  # a misconfigured filter or secret fails before any work is done
+    build_secrets(settings)
     if client is not None:
         with timed(durations, "read-pull-request"):
             pull = retrying(read_pull_request, settings)(client, request)
@@ -511,8 +553,10 @@ def _run(
         reporter.use_sha(checkout.head_sha)
         if base_sha is not None:
             changed = list_changed_files(checkout, base_sha)
-            if docs_only(changed, settings.paths_ignore_globs()):
-                reason = f"skipped: docs-only change ({len(changed)} paths match PREVIEWS_PATHS_IGNORE)"
+            paths = path_filter.decide(changed)
+            logger.info("path filter: %s", paths.reason)
+            if not paths.build:
+                reason = f"skipped: docs-only change ({paths.reason})"
                 logger.info("%s", reason)
                 return _finish(
                     outcome(status="skipped", reason=reason, head_sha=checkout.head_sha),
@@ -539,7 +583,9 @@ def _run(
                 with timed(durations, "warm-cache"):
                     cache_from = warm_cache(request, settings)
             with timed(durations, "build"):
-                built = retrying(build_image, settings)(request, checkout, tag, settings, cache_from)
+                built = retrying(build_image, settings)(
+                    request, checkout, tag, settings, cache_from, fork=fork
+                )
     finally:
         git.remove_workspace(workspace)
     if published is not None:

@@ -32,7 +32,7 @@ def notify_teardown(
     repository: str, pr_number: int, delivery: str | None, settings: Settings
 ) -> NotifyResult:
     """Send ``preview-teardown`` to the infra target."""
-    client = GitHubClient.from_settings(settings, backoff=settings.retry_delay)
+    client = GitHubClient.from_settings(settings)
     try:
         target = infra.target_from_settings(settings, client)
         result = infra.notify_teardown(target, repository=repository, pr_number=pr_number, delivery=delivery)

@@ -19,7 +19,10 @@ def main() -> None:
     teardown = preview_teardown.to_deployment(name="preview-teardown", triggers=[teardown_trigger()])
     assert isinstance(image, RunnerDeployment)
     assert isinstance(teardown, RunnerDeployment)
-    serve(image, teardown, limit=4)
+    # Prefect pauses served deployments on shutdown by default: an API call that retries for as long as the
+    # server is unreachable, so a SIGTERM after the server stopped hung until a second SIGTERM. Leaving them
+    # unpaused makes shutdown need no API call; serving them again updates them anyway.
+    serve(image, teardown, limit=4, pause_on_shutdown=False)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ pulled only costs time, so failures are reported to the caller, never raised.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import datetime
 
 import docker
@@ -16,7 +15,9 @@ import docker.errors
 import requests
 from pydantic import SecretStr
 
+from previews.docker_engine import engine_unavailable
 from previews.errors import PreviewsError
+from previews.redact import Redactor
 from previews.registry.oci import OciRegistry
 
 
@@ -46,11 +47,13 @@ def pull(
         return f"{reference!r} is not registry/repository:tag"
     secret = password.get_secret_value() if password is not None else ""
     auth = {"username": username, "password": secret} if username and secret else None
-    redact: Callable[[str], str] = (lambda text: text.replace(secret, "***")) if secret else str
+    redact = Redactor([secret])
     try:
         for chunk in client.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
             if isinstance(chunk, dict) and ("error" in chunk or "errorDetail" in chunk):
                 return redact(str(chunk.get("error") or chunk.get("errorDetail")))
-    except (docker.errors.DockerException, requests.RequestException, OSError, PreviewsError) as exc:
+    except (docker.errors.APIError, PreviewsError) as exc:
         return redact(str(exc))
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        return redact(str(engine_unavailable(exc)))
     return None

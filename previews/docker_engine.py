@@ -1,17 +1,29 @@
-"""Thin adapter over docker-py: build an image, push one ``pr-<N>-<sha>`` tag, clean up.
+"""Thin adapter over the Docker engine: build with BuildKit, push one ``pr-<N>-<sha>`` tag, clean up.
 
-docker-py reports build and push failures inside the JSON stream instead of raising, so both streams are
-consumed here and translated into the exception tree of :mod:`previews.errors`. Timeouts are enforced on the
-Docker call itself: the HTTP read timeout bounds a silent engine, and a watchdog shuts the stream's socket
-at the deadline (the engine then cancels the build or push) so a caller never waits past it.
+Builds run the Docker CLI (``docker buildx build``, or ``docker build`` with ``DOCKER_BUILDKIT=1``), because
+only the CLI drives BuildKit (cache and secret mounts, stage skipping) and docker-py speaks the classic
+builder only; what to run is decided in :mod:`previews.core.buildkit`. The CLI runs in its own process group
+with an argv list (no shell); a timeout or a cancelled run stops the whole group, and BuildKit cancels the
+build when its client goes away. Push, inspect, pull and the login check stay on docker-py: its push stream
+carries per-layer status and errors (translated here into :mod:`previews.errors`) and needs no credentials on
+disk. docker-py reports push failures inside the JSON stream instead of raising; a watchdog shuts the stream's
+socket at the deadline so a caller never waits past it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import queue
 import re
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
+from base64 import b64encode
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -26,28 +38,46 @@ import requests
 import urllib3.exceptions
 from pydantic import SecretStr
 
+from previews.core.buildkit import (
+    BuildCli,
+    BuildLog,
+    CliProbe,
+    build_argv,
+    choose_build_cli,
+    secret_env_name,
+)
 from previews.core.tags import DEFAULT_PROTECTED, ensure_pushable
-from previews.errors import AuthError, BuildError, PushError, TransientPushError, ValidationError
+from previews.errors import (
+    AuthError,
+    BuildError,
+    DockerUnavailableError,
+    PushError,
+    TransientBuildError,
+    TransientPushError,
+    ValidationError,
+)
+from previews.redact import Redactor
 
 LOG_TAIL_LINES = 30
 _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-_STEP_RE = re.compile(r"Step [0-9]+/[0-9]+ : ", re.ASCII)
-_RUNNING_RE = re.compile(r" ---> Running in ([0-9a-f]{12,64})", re.ASCII)
 _DIGEST_RE = re.compile(r"digest: (sha256:[0-9a-f]{64})", re.ASCII)
-_BUILT_RE = re.compile(r"Successfully built ([0-9a-f]{12,64})", re.ASCII)
 # registry[:port]/path without a tag or digest (the tag policy sees the tag separately)
 _IMAGE_NAME_RE = re.compile(r"(?:[^/\s@]+/)*[^/:\s@]+", re.ASCII)
 _HTTP_STATUS_RE = re.compile(
     r"(?:HTTP status|status code|status):? ([1-5][0-9]{2})\b", re.ASCII | re.IGNORECASE
 )
 _AUTH_RE = re.compile(
-    r"unauthorized|authentication required|denied|no basic auth credentials|incorrect username or password",
+    r"unauthorized|authentication required|no basic auth credentials|incorrect username or password",
     re.IGNORECASE,
 )
+# The registry knows who we are and refuses: wrong scope, no write access, a protected repository.
+_DENIED_RE = re.compile(r"\bdenied\b|\bforbidden\b", re.IGNORECASE)
+# "timeout" alone proves nothing ("manifest invalid: timeout must be positive"); these are transport words.
 _TRANSIENT_RE = re.compile(
     r"too many requests|toomanyrequests|service unavailable|bad gateway|gateway timeout"
-    r"|internal server error|connection reset|connection refused|broken pipe|\bEOF\b|timeout|timed out"
-    r"|temporary failure|i/o timeout",
+    r"|internal server error|connection reset|connection refused|broken pipe|unexpected EOF|: EOF\b"
+    r"|temporary failure|i/o timeout|handshake timeout|Client\.Timeout exceeded|context deadline exceeded"
+    r"|timeout awaiting response headers|\btimed out\b|net/http: request canceled",
     re.IGNORECASE,
 )
 _STATUS_WORDS = {
@@ -69,6 +99,47 @@ _CONNECTION_ERRORS = (
 _COUNTDOWN_RE = re.compile(r"(.*?)([0-9]+)(.*)", re.ASCII)
 
 
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+def engine_address() -> str:
+    """Where docker-py looks for the engine: ``DOCKER_HOST``, else the default socket."""
+    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OS reason of a failed connection ("No such file or directory"), else the first line."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        pending += [arg for arg in item.args if isinstance(arg, BaseException)]
+        pending += [link for link in (item.__cause__, item.__context__) if link is not None]
+    text = str(exc).strip().splitlines()
+    return clean_line(text[0]) if text else type(exc).__name__
+
+
+def engine_unavailable(exc: BaseException, *, during: str | None = None) -> DockerUnavailableError:
+    """The :class:`DockerUnavailableError` for a docker-py or connection error that means no engine answers."""
+    return DockerUnavailableError(engine_address(), _root_cause(exc), during=during)
+
+
+def check_engine(*, timeout: float = 5.0) -> None:
+    """Raise :class:`DockerUnavailableError` unless a Docker engine answers at ``DOCKER_HOST`` within ``timeout``."""
+    engine = DockerEngine.from_env(timeout=timeout)
+    try:
+        engine.client.ping()
+    except _CONNECTION_ERRORS as exc:
+        raise engine_unavailable(exc) from exc
+    finally:
+        engine.client.close()
+
+
 def _ignore(_line: str) -> None:
     """Default ``on_line``: drop the line."""
 
@@ -85,6 +156,15 @@ class BuildSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     cache_from: Sequence[str] = ()
     timeout: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryLogin:
+    """Credentials the build's Docker CLI may use for one registry (base images, cache metadata)."""
+
+    registry: str
+    username: str
+    password: SecretStr
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +209,10 @@ def classify_push_error(
 ) -> PushError | AuthError | TransientPushError:
     """Map a registry/engine error message to the exception the flow's retry policy understands.
 
-    Authentication failures come first and are never retried; 5xx, 429, resets, EOF and timeouts are
-    transient; anything else is a permanent :class:`PushError`.
+    A refusal (403, "denied") is permanent: the registry knew the credentials and said no. Missing or
+    rejected credentials (401) are an :class:`AuthError` too (the push checks them once more, see
+    :meth:`DockerEngine.push`). 5xx, 429, resets, EOF and timeouts of the transport are transient; anything
+    else is a permanent :class:`PushError`.
     """
     if status is None:
         match = _HTTP_STATUS_RE.search(message)
@@ -139,23 +221,13 @@ def classify_push_error(
         else:
             lowered = message.lower()
             status = next((code for words, code in _STATUS_WORDS.items() if words in lowered), None)
-    if status in (401, 403) or ((status is None or status < 500) and _AUTH_RE.search(message)):
-        return AuthError(f"registry refused the credentials: {message}", status=status or 401)
+    if status == 403 or ((status is None or status < 500) and _DENIED_RE.search(message)):
+        return AuthError(f"registry refused the push: {message}", status=403)
+    if status == 401 or ((status is None or status < 500) and _AUTH_RE.search(message)):
+        return AuthError(f"registry refused the credentials: {message}", status=401)
     if (status is not None and (status >= 500 or status == 429)) or _TRANSIENT_RE.search(message):
         return TransientPushError(f"registry push failed (transient): {message}", status=status)
     return PushError(f"registry refused the push: {message}", status=status)
-
-
-class _Redactor:
-    """Replaces every occurrence of the given secrets in text that leaves this module."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 class _LineSplitter:
@@ -285,116 +357,289 @@ def _context_and_dockerfile(spec: BuildSpec) -> tuple[Path, str]:
     return context, dockerfile.relative_to(context).as_posix()
 
 
+# --- the BuildKit client -----------------------------------------------------------------------------------------
+
+_STOP_GRACE_S = 5.0
+_PROBE_TIMEOUT_S = 20.0
+_DEFAULT_CLIS = ("/usr/bin/docker", "/usr/local/bin/docker")
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+_resolved: dict[tuple[str | None, str], tuple[BuildCli, tuple[str, ...]]] = {}
+_resolve_lock = threading.Lock()
+
+
+def _probe(path: str) -> CliProbe:
+    """Ask one ``docker`` binary for its version and whether it has the buildx plugin (no engine needed)."""
+
+    def run(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                [path, *args],
+                capture_output=True,
+                text=True,
+                timeout=_PROBE_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    return CliProbe(path=path, version_line=run("--version"), has_buildx=run("buildx", "version") is not None)
+
+
+def docker_cli_candidates(explicit: str | None = None) -> list[str]:
+    """``explicit`` alone if given; else every ``docker`` on ``PATH``, then the usual install locations."""
+    if explicit:
+        return [explicit]
+    found: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which("docker", path=directory) if directory else None
+        if candidate and os.path.realpath(candidate) not in {os.path.realpath(f) for f in found}:
+            found.append(candidate)
+    for path in _DEFAULT_CLIS:
+        if os.access(path, os.X_OK) and os.path.realpath(path) not in {os.path.realpath(f) for f in found}:
+            found.append(path)
+    return found
+
+
+def resolve_build_cli(explicit: str | None = None) -> tuple[BuildCli, tuple[str, ...]]:
+    """The Docker client that builds with BuildKit here, and why others were passed over (cached per PATH)."""
+    key = (explicit, os.environ.get("PATH", ""))
+    with _resolve_lock:
+        if key not in _resolved:
+            _resolved[key] = choose_build_cli([_probe(path) for path in docker_cli_candidates(explicit)])
+        return _resolved[key]
+
+
+def _private_docker_config(directory: Path, login: RegistryLogin, env: Mapping[str, str]) -> Path:
+    """A ``DOCKER_CONFIG`` holding only ``login`` (mode 0600 in a 0700 directory).
+
+    The user's plugins, buildx builders and contexts stay reachable through symlinks.
+    """
+    directory.mkdir(mode=0o700)
+    original = Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    for name in ("cli-plugins", "buildx", "contexts"):
+        if (original / name).is_dir():
+            (directory / name).symlink_to(original / name)
+    token = b64encode(f"{login.username}:{login.password.get_secret_value()}".encode()).decode()
+    # Docker Hub's credentials live under its legacy index address; every other registry under its host.
+    key = _DOCKER_HUB_KEY if login.registry in _DOCKER_HUB_HOSTS else login.registry
+    path = directory / "config.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"auths": {key: {"auth": token}}}, out)
+    return directory
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the CLI's process group (it cancels the build), then SIGKILL whatever is left."""
+    for sig, wait in ((signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, 10.0)):
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # children the CLI left behind (a plugin)
+
+
+def _run_streaming(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float, feed: Callable[[str], object]
+) -> bool:
+    """Run ``argv`` in its own process group, feeding its output as it comes; True if it timed out.
+
+    The caller's thread does the feeding (so ``feed`` may log through Prefect); a reader thread only moves
+    bytes. Any exception here (a cancelled run's TerminationSignal, KeyboardInterrupt) stops the group first.
+    """
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    chunks: queue.Queue[bytes | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            chunks.put(raw)
+        chunks.put(None)
+
+    reader = threading.Thread(target=pump, name="docker-build-output", daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _stop_group(proc)
+                return True
+            try:
+                raw = chunks.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if raw is None:
+                break
+            feed(raw.decode("utf-8", "replace"))
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return False
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        return True
+    except BaseException:
+        _stop_group(proc)
+        raise
+    finally:
+        if proc.poll() is None:
+            _stop_group(proc)
+        reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 class DockerEngine:
     """Builds, pushes and removes images through one docker-py client (one engine per task; not thread-safe)."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, *, docker_host: str | None = None) -> None:
         self._client = client
+        # The build's CLI must reach the engine this client talks to: DOCKER_HOST unless told otherwise.
+        self._docker_host = docker_host
 
     @classmethod
     def from_env(cls, *, timeout: float = 1800.0) -> DockerEngine:
-        """An engine for the daemon at ``DOCKER_HOST`` (or the default socket)."""
-        return cls(docker.from_env(timeout=max(1, int(timeout))))
+        """An engine for the daemon at ``DOCKER_HOST`` (or the default socket).
+
+        Raises :class:`DockerUnavailableError` when no engine answers there (docker-py asks for its version).
+        """
+        try:
+            return cls(docker.from_env(timeout=max(1, int(timeout))))
+        except _CONNECTION_ERRORS as exc:
+            raise engine_unavailable(exc) from exc
 
     @property
     def client(self) -> docker.DockerClient:
         """The underlying docker-py client."""
         return self._client
 
-    def build(self, spec: BuildSpec, *, on_line: Callable[[str], None] = _ignore) -> BuiltImage:
-        """Build ``spec`` with the engine's builder, streaming each output line to ``on_line`` as it arrives.
+    def build(
+        self,
+        spec: BuildSpec,
+        *,
+        on_line: Callable[[str], None] = _ignore,
+        secrets: Mapping[str, SecretStr] | None = None,
+        login: RegistryLogin | None = None,
+        docker_cli: str | None = None,
+    ) -> BuiltImage:
+        """Build ``spec`` with BuildKit through the Docker CLI, streaming each output line to ``on_line``.
 
-        Raises :class:`BuildError` (with the last lines of output) when a step fails, the engine refuses the
-        build or the timeout passes; intermediate containers are removed in every case.
+        ``secrets`` (id -> value) reach ``RUN --mount=type=secret,id=<id>`` through the CLI's environment,
+        never its argv; their values are masked in every line that leaves this method. ``login`` gives the CLI
+        credentials for one registry (base images, cache metadata) through a private ``DOCKER_CONFIG`` that is
+        removed afterwards. ``docker_cli`` forces a client (else :func:`resolve_build_cli` picks one).
+
+        Raises :class:`BuildError` (one sentence quoting the failing step, plus the last lines of output) when
+        the Dockerfile fails or the timeout passes, :class:`TransientBuildError` when the engine goes away.
+        A timeout, a cancellation or any exception in the caller's thread stops the CLI's process group, and
+        BuildKit cancels the build with it.
         """
         context, dockerfile = _context_and_dockerfile(spec)
-        api = self._client.api
-        lines = _LineSplitter(on_line)
-        running: list[str] = []
-        image_id: str | None = None
-        steps = cached = 0
+        cli, skipped = resolve_build_cli(docker_cli)
+        secret_values = dict(secrets or {})
+        redact = Redactor(
+            [v.get_secret_value() for v in secret_values.values()]
+            + ([login.password.get_secret_value()] if login is not None else [])
+        )
+        log = BuildLog()
+
+        def take(line: str) -> None:
+            log.feed(line)
+            on_line(line)
+
+        lines = _LineSplitter(take, redact)
+        for reason in skipped:
+            on_line(f"not using {reason}")
+        on_line(cli.describe())
         start = time.monotonic()
-        watchdog = _Watchdog(api, spec.timeout, on_expire=lambda: self._kill_step(running))
+        workdir = Path(tempfile.mkdtemp(prefix="previews-build-"))
         try:
-            with watchdog:
-                stream = api.build(
-                    path=str(context),
-                    dockerfile=dockerfile,
-                    tag=spec.image_ref,
-                    target=spec.target,
-                    buildargs=dict(spec.build_args),
-                    labels=dict(spec.labels),
-                    cache_from=list(spec.cache_from) or None,
-                    rm=True,
-                    forcerm=True,
-                    pull=False,
-                    decode=True,
-                    timeout=spec.timeout,
-                    use_config_proxy=False,
+            iidfile = workdir / "iid"
+            argv = build_argv(
+                cli,
+                dockerfile=dockerfile,
+                image_ref=spec.image_ref,
+                iidfile=str(iidfile),
+                target=spec.target,
+                build_args=spec.build_args,
+                labels=spec.labels,
+                cache_from=spec.cache_from,
+                secret_ids=list(secret_values),
+            )
+            env = self._cli_environment(workdir, secret_values, login)
+            timed_out = _run_streaming(argv, cwd=context, env=env, timeout=spec.timeout, feed=lines.feed)
+            lines.flush()
+            if timed_out:
+                raise BuildError(f"docker build timed out after {spec.timeout:g}s", log_tail=list(lines.tail))
+            image_id = iidfile.read_text().strip() if iidfile.is_file() else ""
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if not image_id:
+            sentence, transient = log.failure()
+            sentence = redact(sentence)
+            if not self._engine_answers():
+                raise TransientBuildError(
+                    f"lost the Docker engine during the build: {sentence}", log_tail=list(lines.tail)
                 )
-                for chunk in stream:
-                    if not isinstance(chunk, dict):
-                        continue
-                    if (failure := stream_error(chunk)) is not None:
-                        lines.flush()
-                        message = failure[0] or "unknown error"
-                        if watchdog.expired.is_set():
-                            message = f"timed out after {spec.timeout:g}s ({message})"
-                        raise BuildError(
-                            f"docker build failed: {clean_line(message)}", log_tail=list(lines.tail)
-                        )
-                    aux = chunk.get("aux")
-                    if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
-                        image_id = aux["ID"]
-                    text = chunk.get("stream")
-                    if text is None and "status" in chunk:
-                        text = " ".join(str(chunk[k]) for k in ("status", "id") if chunk.get(k)) + "\n"
-                    if isinstance(text, str):
-                        for line in lines.feed(text):
-                            if _STEP_RE.match(line):
-                                steps += 1
-                            elif line.strip() == "---> Using cache":
-                                cached += 1
-                            elif (running_match := _RUNNING_RE.match(line)) is not None:
-                                running.append(running_match.group(1))
-                            elif image_id is None and (built := _BUILT_RE.match(line)) is not None:
-                                image_id = built.group(1)
-                lines.flush()
-        except docker.errors.APIError as exc:
-            lines.flush()
-            raise BuildError(
-                f"the Docker engine refused the build: {exc.explanation or exc}", log_tail=list(lines.tail)
-            ) from exc
-        except _CONNECTION_ERRORS as exc:
-            lines.flush()
-            if watchdog.expired.is_set():
-                raise BuildError(
-                    f"docker build timed out after {spec.timeout:g}s", log_tail=list(lines.tail)
-                ) from exc
-            raise BuildError(
-                f"lost the Docker engine during the build: {exc}", log_tail=list(lines.tail)
-            ) from exc
-        if watchdog.expired.is_set():
-            raise BuildError(f"docker build timed out after {spec.timeout:g}s", log_tail=list(lines.tail))
-        if image_id is None:
-            raise BuildError("docker build ended without an image id", log_tail=list(lines.tail))
+            if transient:
+                raise TransientBuildError(
+                    f"docker build failed (transient): {sentence}", log_tail=list(lines.tail)
+                )
+            raise BuildError(f"docker build failed: {sentence}", log_tail=list(lines.tail))
         try:
             size = int(self._client.images.get(image_id).attrs.get("Size") or 0)
-        except docker.errors.DockerException as exc:
-            raise BuildError(f"built image {image_id} cannot be inspected: {exc}") from exc
+        except docker.errors.NotFound as exc:
+            raise BuildError(f"built image {image_id} is not in the engine: {exc}") from exc
+        except _CONNECTION_ERRORS as exc:
+            raise TransientBuildError(f"built image {image_id} cannot be inspected: {exc}") from exc
         return BuiltImage(
             image_id=image_id,
             size_bytes=size,
-            steps=steps,
-            cached_steps=cached,
+            steps=log.steps,
+            cached_steps=log.cached_steps,
             duration_s=round(time.monotonic() - start, 3),
         )
 
-    def _kill_step(self, running: list[str]) -> None:
-        """Stop the container of the step that is running at the deadline (our own, named in the stream)."""
-        if running:
-            with suppress(docker.errors.DockerException):
-                self._client.api.kill(running[-1])
+    def _cli_environment(
+        self,
+        workdir: Path,
+        secrets: Mapping[str, SecretStr],
+        login: RegistryLogin | None,
+    ) -> dict[str, str]:
+        """The Docker CLI's environment: this process's, without our own settings, plus BuildKit's switches."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREVIEWS_")}
+        env["DOCKER_BUILDKIT"] = "1"
+        env["BUILDKIT_PROGRESS"] = "plain"
+        if self._docker_host:
+            env["DOCKER_HOST"] = self._docker_host
+        for index, value in enumerate(secrets.values()):
+            env[secret_env_name(index)] = value.get_secret_value()
+        if login is not None:
+            env["DOCKER_CONFIG"] = str(_private_docker_config(workdir / "config", login, env))
+        return env
+
+    def _engine_answers(self) -> bool:
+        """Whether the engine still answers a ping within a few seconds."""
+        api = self._client.api
+        try:
+            with _read_timeout(api, 5):
+                return bool(api.ping())
+        except _CONNECTION_ERRORS:
+            return False
 
     def push(
         self,
@@ -419,7 +664,7 @@ class DockerEngine:
         if timeout <= 0:
             raise ValidationError("timeout", f"{timeout} must be positive")
         secret = password.get_secret_value()
-        redact = _Redactor([secret])
+        redact = Redactor([secret])
         lines = _LineSplitter(on_line, redact)
         reference = f"{image_name}:{tag}"
         digest: str | None = None
@@ -444,7 +689,7 @@ class DockerEngine:
                         message = redact(clean_line(failure[0]))
                         code = failure[1]
                         error = classify_push_error(message or "unknown push error", status=code)
-                        if isinstance(error, AuthError):
+                        if isinstance(error, AuthError) and error.status == 401:
                             error = self._confirm_auth(image_name, username, secret, error, redact)
                         raise error
                     aux = chunk.get("aux")
@@ -471,7 +716,9 @@ class DockerEngine:
             lines.flush()
             if watchdog.expired.is_set():
                 raise TransientPushError(f"push of {reference} timed out after {timeout:g}s") from exc
-            raise TransientPushError(f"lost the Docker engine during the push: {redact(str(exc))}") from exc
+            raise DockerUnavailableError(
+                engine_address(), redact(_root_cause(exc)), during=f"the push of {reference}"
+            ) from exc
         if watchdog.expired.is_set():
             raise TransientPushError(f"push of {reference} timed out after {timeout:g}s")
         if digest is None:
@@ -479,13 +726,15 @@ class DockerEngine:
         return PushedImage(reference=reference, digest=digest, duration_s=round(time.monotonic() - start, 3))
 
     def _confirm_auth(
-        self, image_name: str, username: str, secret: str, error: AuthError, redact: _Redactor
+        self, image_name: str, username: str, secret: str, error: AuthError, redact: Redactor
     ) -> AuthError | TransientPushError:
-        """Tell wrong credentials from a registry hiccup.
+        """Tell wrong credentials from a registry hiccup, for a 401 only.
 
         When the registry's ``/v2/`` ping fails (a 503), the engine pushes without credentials and the
-        registry then answers "unauthorized" even for good ones. So an auth failure is confirmed by logging
-        in through the engine with the same credentials: if that works, the failure was transient.
+        registry then answers "unauthorized" even for good ones. So a 401 is confirmed by logging in through
+        the engine with the same credentials: if that works, the credentials were never sent, and the push is
+        worth retrying. A 403 ("denied") is never confirmed this way: the registry saw the credentials and
+        refused them for this repository, which a successful login does not contradict.
         """
         registry = docker.auth.resolve_repository_name(image_name)[0]
         try:

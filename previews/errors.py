@@ -8,6 +8,8 @@
     ├── SignatureError           a webhook delivery's signature is missing or wrong (HTTP 401)
     ├── PermanentError           a remote said no for good: auth, 4xx, missing ref; never retried
     │   ├── AuthError            401/403 from a registry, git remote or GitHub
+    │   ├── CrossOriginError     a remote pointed a request at another origin (Link, Location, redirect,
+    │   │                        token realm); refused, so credentials never leave the configured origin
     │   ├── BuildError           the Dockerfile failed; carries the tail of the build log
     │   ├── PushError            the registry refused the push for good
     │   ├── GitError             clone/fetch/checkout failed for good (unknown SHA, ambiguous short SHA)
@@ -18,6 +20,8 @@
     │   └── RegistryError        a registry API 4xx other than auth (e.g. 405 deletion disabled)
     │       └── RegistryNotFoundError  404: no such repository, tag or manifest
     └── TransientError           worth retrying: 5xx, 429, timeouts, connection resets
+        ├── DockerUnavailableError   no Docker engine answers at DOCKER_HOST (absent, stopped or lost)
+        ├── TransientBuildError  the Docker engine went away mid-build (not the Dockerfile's fault)
         ├── TransientPushError
         ├── TransientGitError
         ├── TransientGitHubError
@@ -64,6 +68,18 @@ class AuthError(PermanentError):
         self.status = status
 
 
+class CrossOriginError(PermanentError):
+    """A remote's ``Link``, ``Location``, redirect or token ``realm`` named an origin we must not follow.
+
+    ``origin`` is the foreign ``scheme://host:port``; ``allowed`` the origin the client was configured for.
+    """
+
+    def __init__(self, message: str, *, origin: str, allowed: str) -> None:
+        super().__init__(message)
+        self.origin = origin
+        self.allowed = allowed
+
+
 class BuildError(PermanentError):
     """``docker build`` failed. ``log_tail`` holds the last lines of the build output."""
 
@@ -102,6 +118,27 @@ class TransientError(PreviewsError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class DockerUnavailableError(TransientError):
+    """No Docker engine answers at ``address`` (``DOCKER_HOST``): it is absent, stopped, or was lost mid-call."""
+
+    def __init__(self, address: str, reason: str, *, during: str | None = None) -> None:
+        where = f" during {during}" if during else ""
+        super().__init__(f"no Docker engine answers at {address}{where} ({reason})")
+        self.address = address
+        self.reason = reason
+
+
+class TransientBuildError(TransientError):
+    """The build failed for a reason outside the Dockerfile: the engine or the network went away.
+
+    ``log_tail`` holds the last lines of the build output.
+    """
+
+    def __init__(self, message: str, *, log_tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.log_tail = list(log_tail or [])
 
 
 class TransientPushError(TransientError):

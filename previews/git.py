@@ -16,7 +16,7 @@ import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +35,7 @@ from previews.core.names import (
 )
 from previews.core.request import Sibling
 from previews.errors import AuthError, GitError, TransientGitError, ValidationError
+from previews.redact import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class CheckoutResult:
     head_sha: str
     siblings: Mapping[str, str]
     duration_s: float
+    sibling_refs: Mapping[str, str] = field(default_factory=dict)  # name -> the ref fetched (default branch)
 
 
 def repository_url(template: str, repository: str) -> str:
@@ -70,7 +72,7 @@ def repository_url(template: str, repository: str) -> str:
 
 def check_url(url: str, *, field: str = "url") -> str:
     """Refuse URLs git must not be given: embedded credentials, option-like text, other protocols."""
-    shown = _redact_url(url)
+    shown = Redactor()(url)
     if not url or url.startswith("-") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise ValidationError(field, f"{shown!r} is not a usable git URL")
     if url.startswith("/"):
@@ -85,10 +87,6 @@ def check_url(url: str, *, field: str = "url") -> str:
     return url
 
 
-def _redact_url(url: str) -> str:
-    return re.sub(r"(?<=//)[^/@]*@", "***@", url)
-
-
 class _Git:
     """Runs git commands in one directory with the hardened environment, a shared deadline and redaction."""
 
@@ -96,7 +94,7 @@ class _Git:
         self.cwd = cwd
         self.cmd = Git(str(cwd))
         self.deadline = deadline
-        self.url = _redact_url(url)
+        self.url = Redactor()(url)
         self.env = _environment(token, cwd)
         self.secrets = _secret_forms(token)
 
@@ -165,13 +163,6 @@ def _secret_forms(token: SecretStr | None) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    text = re.sub(r"(?i)(authorization:\s*\w+\s+)\S+", r"\1***", text)
-    return _redact_url(text)
-
-
 def _stderr_of(exc: GitCommandError) -> str:
     raw = exc.stderr
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
@@ -205,7 +196,7 @@ _TRANSIENT = re.compile(
 def _translate(
     exc: GitCommandError, *, action: str, url: str, sha: str | None, secrets: Sequence[str]
 ) -> Exception:
-    stderr = _redact(_stderr_of(exc), secrets)
+    stderr = Redactor(secrets)(_stderr_of(exc))
     lines = stderr.splitlines()
     said = [line for line in lines if line.startswith(("fatal:", "error:", "remote:"))] or lines[-3:]
     detail = "; ".join(said)[-_STDERR_TAIL:] or f"exit status {exc.status}"
@@ -274,6 +265,18 @@ def _fetch_base(runner: _Git, *, head: str, base: str) -> None:
         runner("fetch", "-q", depth, "--no-tags", "origin", "--", head, base, action="fetch", sha=base)
 
 
+_SYMREF_RE = re.compile(r"^ref: (refs/heads/[^\t\n]+)\tHEAD$", re.MULTILINE)
+
+
+def _default_branch(runner: _Git) -> str:
+    """The branch the remote's ``HEAD`` points at (``refs/heads/<name>``); ``HEAD`` if it does not say."""
+    listing = runner("ls-remote", "--symref", "origin", "HEAD", action="ls-remote")
+    match = _SYMREF_RE.search(listing)
+    if match is None:
+        return "HEAD"
+    return parse_git_ref(match.group(1), field="default branch")
+
+
 def checkout(
     *,
     workspace: Path,
@@ -282,6 +285,7 @@ def checkout(
     pr_number: int,
     siblings: Sequence[tuple[Sibling, str]] = (),
     token: SecretStr | None = None,
+    siblings_token: SecretStr | None = None,
     app_name: str = "app",
     timeout: float = 600.0,
     fetch_base: str | None = None,
@@ -289,8 +293,10 @@ def checkout(
     """Check out ``sha`` of the PR into ``workspace/app_name`` and each sibling into ``workspace/<name>``.
 
     A 40-hex ``sha`` is fetched directly; a short one is resolved against ``refs/pull/<pr_number>/head``
-    and must be a prefix of that commit. ``fetch_base`` (a full SHA) is fetched with enough history for
-    :func:`changed_files` to diff from the merge base. ``timeout`` bounds the whole checkout.
+    and must be a prefix of that commit. ``token`` is sent to the app's remote only; siblings get
+    ``siblings_token`` (``token`` when None). A sibling without a ref gets its remote's default branch.
+    ``fetch_base`` (a full SHA) is fetched with enough history for :func:`changed_files` to diff from the
+    merge base. ``timeout`` bounds the whole checkout.
     Everything is validated before anything is created.
     """
     started = time.monotonic()
@@ -299,12 +305,13 @@ def checkout(
     app = parse_dir_name(app_name, field="app_dir")
     base_sha = parse_sha(fetch_base, field="base_sha", full=True) if fetch_base is not None else None
     app_url = check_url(url)
-    planned: list[tuple[str, str, str]] = []
+    planned: list[tuple[str, str | None, str]] = []
     for sibling, sibling_url in siblings:
         name = parse_dir_name(sibling.name, field="siblings")
         if name in {app, *(p[0] for p in planned)}:
             raise ValidationError("siblings", f"{name!r} is used twice in the workspace")
-        planned.append((name, parse_git_ref(sibling.ref, field="siblings"), check_url(sibling_url)))
+        ref = parse_git_ref(sibling.ref, field="siblings") if sibling.ref is not None else None
+        planned.append((name, ref, check_url(sibling_url)))
     if timeout <= 0:
         raise ValidationError("timeout", f"must be positive, got {timeout}")
 
@@ -320,10 +327,17 @@ def checkout(
         _fetch_base(runner, head=head, base=base_sha)
 
     checked: dict[str, str] = {}
-    for name, ref, sibling_url in planned:
+    refs: dict[str, str] = {}
+    for name, wanted, sibling_url in planned:
         target = workspace / name
-        sib = _Git(target, token=token, deadline=deadline, url=sibling_url)
+        sib = _Git(
+            target,
+            token=siblings_token if siblings_token is not None else token,
+            deadline=deadline,
+            url=sibling_url,
+        )
         _fresh_repository(target, sibling_url, sib)
+        ref = refs[name] = wanted if wanted is not None else _default_branch(sib)
         logger.info("Fetching sibling %s from %s at %s", name, sib.url, ref)
         sib("fetch", "-q", "--depth=1", "--no-tags", "origin", "--", ref, action="fetch", sha=ref)
         checked[name] = _checked_out(sib, ref if FULL_SHA_RE.fullmatch(ref) else None, what=f"sibling {name}")
@@ -333,6 +347,7 @@ def checkout(
         head_sha=head,
         siblings=checked,
         duration_s=time.monotonic() - started,
+        sibling_refs=refs,
     )
 
 

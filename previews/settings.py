@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from previews.core.names import parse_registry
+from previews.core.paths import PathFilter, choose_filter
 
 
 class Settings(BaseSettings):
@@ -45,7 +46,13 @@ class Settings(BaseSettings):
 
     # Source checkout
     git_url_template: str = "https://github.com/{repository}.git"
-    git_token: SecretStr | None = None
+    git_token: SecretStr | None = Field(
+        default=None,
+        description="token for the app repository; also for siblings when no sibling token is set",
+    )
+    siblings_git_token: SecretStr | None = Field(
+        default=None, description="token for sibling repositories; also for the app when no git_token is set"
+    )
     siblings: str = Field(default="", description="name=owner/repo@ref,... checked out beside the app")
     workspace_root: Path | None = None
     app_dir: str = Field(default="app", description="directory of the PR checkout inside the workspace")
@@ -55,6 +62,22 @@ class Settings(BaseSettings):
     build_context: str = "."
     build_target: str | None = None
     build_args: str = Field(default="", description="KEY=VALUE,... passed as docker build args")
+    build_secrets: str = Field(
+        default="", description="id=ENV_VAR,... build secrets for RUN --mount=type=secret,id=<id>"
+    )
+    build_secret_values: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="build secret values by ENV_VAR name, filled from the credentials block (not from here)",
+    )
+    fork_build_secrets: bool = Field(
+        default=False,
+        description="pass the build secrets to builds of fork PRs too (their Dockerfile can read them)",
+    )
+    docker_cli: str | None = Field(
+        default=None,
+        description="the Docker client that builds; default: buildx where it exists, else one "
+        "that supports DOCKER_BUILDKIT=1",
+    )
     build_timeout: float = Field(default=1800.0, gt=0)
     push_timeout: float = Field(default=900.0, gt=0)
     # Build cache and reruns (issue 5)
@@ -78,7 +101,11 @@ class Settings(BaseSettings):
     infra_repository: str | None = None
     infra_webhook_url: str | None = None
     infra_webhook_secret: SecretStr | None = None
-    paths_ignore: str = "docs/**,**/*.md"
+    paths_ignore: str | None = Field(
+        default=None,
+        description="GitHub Actions paths-ignore patterns, comma-separated; default docs/**,**/*.md",
+    )
+    paths: str | None = Field(default=None, description="GitHub Actions paths patterns ('!' excludes)")
     fork_policy: Literal["skip", "label", "allow"] = "skip"
     fork_label: str = "safe-to-preview"
     status_context: str = "previews/image"
@@ -124,9 +151,17 @@ class Settings(BaseSettings):
         extra = tuple(p.strip() for p in self.protected_tags.split(",") if p.strip())
         return DEFAULT_PROTECTED + extra
 
-    def paths_ignore_globs(self) -> tuple[str, ...]:
-        """``PREVIEWS_PATHS_IGNORE`` split on commas: gitignore-style globs of docs-only paths."""
-        return tuple(g.strip() for g in self.paths_ignore.split(",") if g.strip())
+    def app_git_token(self) -> SecretStr | None:
+        """The app repository's token: ``PREVIEWS_GIT_TOKEN``, else the siblings' token."""
+        return self.git_token or self.siblings_git_token
+
+    def sibling_git_token(self) -> SecretStr | None:
+        """The sibling repositories' token: ``PREVIEWS_SIBLINGS_GIT_TOKEN``, else the app's token."""
+        return self.siblings_git_token or self.git_token
+
+    def path_filter(self) -> PathFilter:
+        """The docs-only filter: ``PREVIEWS_PATHS`` or ``PREVIEWS_PATHS_IGNORE`` (both set is an error)."""
+        return choose_filter(paths=self.paths, paths_ignore=self.paths_ignore)
 
     def build_arg_map(self) -> dict[str, str]:
         """Parse ``KEY=VALUE,...`` into a dict; keys must be shell-variable-like names."""

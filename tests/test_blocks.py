@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect.blocks.fields import SecretDict
 from pydantic import SecretStr
 
 from blocks import PreviewsConfig, PreviewsCredentials
@@ -63,3 +64,27 @@ def test_a_config_block_with_a_bad_value_is_refused_naming_it(prefect_server: st
     PreviewsConfig(registry="https://not-a-host/").save(name)
     with pytest.raises(ValueError, match="registry"):
         load_settings(Settings(config_block=name))
+
+
+def test_sibling_token_and_build_secrets_come_from_the_blocks(prefect_server: str) -> None:
+    name = f"sib-{uuid.uuid4().hex[:8]}"
+    PreviewsCredentials(
+        siblings_git_token=SecretStr("repo-access-token-7"),
+        build_secrets=SecretDict({"NPM_TOKEN": "npm-from-block-9"}),
+    ).save(name)
+    PreviewsConfig(build_secrets="npm=NPM_TOKEN", paths="src/**,!src/docs/**").save(name)
+    settings = load_settings(Settings(credentials_block=name, config_block=name))
+    sibling = settings.sibling_git_token()
+    assert sibling is not None
+    assert sibling.get_secret_value() == "repo-access-token-7"
+    app = settings.app_git_token()  # no PREVIEWS_GIT_TOKEN: the app falls back to the siblings' token
+    assert app is not None
+    assert app.get_secret_value() == "repo-access-token-7"
+    assert settings.build_secrets == "npm=NPM_TOKEN"
+    assert settings.build_secret_values["NPM_TOKEN"].get_secret_value() == "npm-from-block-9"
+    assert settings.path_filter().mode == "paths"
+    doc = httpx.get(
+        f"{prefect_server}/block_types/slug/previews-credentials/block_documents/name/{name}", timeout=10
+    ).json()
+    assert "repo-access-token-7" not in str(doc)
+    assert "npm-from-block-9" not in str(doc)

@@ -1,9 +1,20 @@
-"""The Docker engine adapter against the real engine, the real registry and a fault proxy in front of it."""
+"""The Docker engine adapter against the real engine, the real registry and a fault proxy in front of it.
+
+Builds go through BuildKit (the Docker CLI); pushes through docker-py.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,29 +30,42 @@ from previews.docker_engine import (
     BuiltImage,
     DockerEngine,
     PushedImage,
+    RegistryLogin,
     classify_push_error,
     clean_line,
+    resolve_build_cli,
 )
 from previews.errors import (
     AuthError,
     BuildError,
     PushError,
     TagPolicyError,
+    TransientBuildError,
     TransientPushError,
     ValidationError,
 )
 from tests.support.faultproxy import FaultProxy
+from tests.support.processes import processes_with, wait_until_gone, wait_until_running
 from tests.support.services import Registry
+from tests.support.socket_proxy import EngineProxy, socket_dir
 
 REPO = "enginetest/app"
 
-MULTISTAGE = """\
-FROM {base} AS deps
+# What a production Dockerfile looks like: a stage nobody uses (and that fails), a cache mount (a Go module
+# or npm cache) and a secret mount (a private-module token).
+PRODUCTION = """\
+FROM {base} AS base
 ARG GREETING=hello
 RUN echo "greeting=$GREETING" && echo "$GREETING" > /greeting.txt
 
-FROM {base} AS final
-COPY --from=deps /greeting.txt /greeting.txt
+FROM base AS never-used
+RUN echo never-used-stage-ran && exit 1
+
+FROM base AS final
+RUN --mount=type=cache,target=/cache \\
+    ls /cache && echo "$(cat /greeting.txt)" > /cache/seen-$(cat /greeting.txt) && echo cache-ok
+RUN --mount=type=secret,id=token \\
+    test "$(wc -c < /run/secrets/token)" -gt 10 && echo "secret-bytes=$(wc -c < /run/secrets/token)"
 COPY payload.txt /payload.txt
 RUN cat /greeting.txt /payload.txt
 
@@ -52,14 +76,6 @@ RUN echo this-stage-must-not-run
 
 def new_tag(pr: int = 1) -> str:
     return f"pr-{pr}-{secrets.token_hex(20)}"
-
-
-def no_container(client: docker.DockerClient, container_id: str) -> bool:
-    try:
-        client.api.inspect_container(container_id)
-    except docker.errors.NotFound:
-        return True
-    return False
 
 
 @pytest.fixture
@@ -80,7 +96,7 @@ def local_refs(engine: DockerEngine) -> Iterator[list[str]]:
 def context(tmp_path: Path, base_image: str) -> Path:
     root = tmp_path / "ctx"
     root.mkdir()
-    (root / "Dockerfile").write_text(MULTISTAGE.format(base=base_image))
+    (root / "Dockerfile").write_text(PRODUCTION.format(base=base_image))
     (root / "payload.txt").write_text(f"payload {secrets.token_hex(8)}\n")
     return root
 
@@ -92,9 +108,10 @@ def small_image(
     """One small image (unique content) for the push tests; its id."""
     root = tmp_path_factory.mktemp("small")
     (root / "Dockerfile").write_text(f"FROM {base_image}\nRUN echo {secrets.token_hex(8)} > /unique.txt\n")
-    built = DockerEngine(docker_client).build(BuildSpec(root, "Dockerfile", "enginetest-local/small:build"))
+    ref = f"enginetest-local/small:{secrets.token_hex(6)}"  # a tag of its own: other runs share the engine
+    built = DockerEngine(docker_client).build(BuildSpec(root, "Dockerfile", ref))
     yield built.image_id
-    DockerEngine(docker_client).remove("enginetest-local/small:build")
+    DockerEngine(docker_client).remove(ref)
 
 
 def tag_for_push(engine: DockerEngine, image_id: str, host: str, tag: str, local_refs: list[str]) -> str:
@@ -122,33 +139,67 @@ def push(
     )
 
 
+def image_tarball(client: docker.DockerClient, ref: str) -> bytes:
+    """Every byte of ``docker save``: layers, config, history, labels."""
+    return b"".join(client.images.get(ref).save(named=True))
+
+
+def layer_files(tarball: bytes) -> dict[str, bytes]:
+    """The files inside every layer of a ``docker save`` tarball."""
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as outer:
+        for member in outer.getmembers():
+            if member.name.endswith("layer.tar"):
+                layer = outer.extractfile(member)
+                assert layer is not None
+                with tarfile.open(fileobj=io.BytesIO(layer.read())) as inner:
+                    for item in inner.getmembers():
+                        if item.isfile():
+                            data = inner.extractfile(item)
+                            files[item.name] = data.read() if data else b""
+    return files
+
+
 # -- build -------------------------------------------------------------------------------------------------------
 
 
-def test_multistage_build_with_args_and_labels_reaches_the_registry(
+def test_a_production_dockerfile_builds_with_buildkit_and_pushes(
     engine: DockerEngine, registry: Registry, context: Path, local_refs: list[str]
 ) -> None:
     tag = new_tag()
     ref = f"{registry.host}/{REPO}:{tag}"
     local_refs.append(ref)
     lines: list[str] = []
+    token = "tok-" + secrets.token_hex(16)
     labels = {"org.opencontainers.image.revision": tag[-40:], "previews.pr": "1"}
-    greeting = f"hi-{secrets.token_hex(4)}"  # a fresh value, so the RUN that prints it is not cached
+    greeting = f"hi-{secrets.token_hex(4)}"  # a fresh value, so the steps that use it are not cached
     spec = BuildSpec(
         context, "Dockerfile", ref, target="final", build_args={"GREETING": greeting}, labels=labels
     )
 
-    built = engine.build(spec, on_line=lines.append)
+    built = engine.build(spec, on_line=lines.append, secrets={"token": SecretStr(token)})
 
+    cli, _ = resolve_build_cli()
+    # the run log says which client builds, and why others were passed over
+    assert cli.describe() in lines[:3]
     assert built.image_id.startswith("sha256:")
     assert built.size_bytes > 0
-    assert built.steps == len([line for line in lines if line.startswith("Step ")]) >= 7
-    assert f"greeting={greeting}" in lines  # the build arg reached the RUN, streamed line by line
-    assert not any("this-stage-must-not-run" in line for line in lines)  # target stopped at `final`
+    assert any(line.endswith(f"greeting={greeting}") for line in lines)  # build arg reached the RUN, live
+    assert any(line.endswith("cache-ok") for line in lines)  # RUN --mount=type=cache works
+    assert any(line.endswith(f"secret-bytes={len(token)}") for line in lines)  # the secret reached the RUN
+    assert not any("never-used-stage-ran" in line for line in lines)  # the unused (failing) stage was skipped
+    assert not any("this-stage-must-not-run" in line for line in lines)  # --target stopped at `final`
     assert all(line == line.strip("\n") and line.strip() and "\x1b" not in line for line in lines)
-    running = [line.split()[-1] for line in lines if line.startswith(" ---> Running in ")]
-    assert running
-    assert all(no_container(engine.client, cid) for cid in running)  # intermediate containers removed
+    assert built.steps == 5  # base 2/2, final 1-4/4 (a FROM is not a step that is built)
+
+    # the secret is nowhere: not in the output, the image's files, its config, history or labels
+    assert not any(token in line for line in lines)
+    tarball = image_tarball(engine.client, ref)
+    assert token.encode() not in tarball
+    assert not any(token.encode() in data for data in layer_files(tarball).values())
+    history = json.dumps(engine.client.api.history(ref))
+    assert token not in history
+    assert "/run/secrets/token" in history  # the instruction is there, not its value
 
     pushed = push(engine, f"{registry.host}/{REPO}", tag, registry)
 
@@ -157,14 +208,42 @@ def test_multistage_build_with_args_and_labels_reaches_the_registry(
     config = registry.image_config(REPO, tag)["config"]
     assert isinstance(config, dict)
     assert config["Labels"] == labels
+    assert token not in json.dumps(registry.image_config(REPO, tag))
 
-    again = engine.build(spec, on_line=lambda _line: None)
+    again_lines: list[str] = []
+    again = engine.build(spec, on_line=again_lines.append, secrets={"token": SecretStr(token)})
     assert again.image_id == built.image_id
-    assert again.cached_steps >= 3
-    assert again.cached_steps < again.steps  # FROM steps never say "Using cache"
+    assert again.steps == built.steps
+    assert again.cached_steps == again.steps  # everything came from BuildKit's cache
+    other = engine.build(
+        BuildSpec(context, "Dockerfile", ref, target="final", build_args={"GREETING": greeting + "x"}),
+        on_line=again_lines.append,
+        secrets={"token": SecretStr(token)},
+    )
+    assert other.cached_steps == 0  # the changed arg reran every step
+    assert any(
+        f"seen-{greeting}" in line for line in again_lines
+    )  # the cache mount kept the first build's file
 
 
-def test_failing_dockerfile_raises_build_error_with_the_log_tail(
+def test_a_secret_is_masked_even_when_the_dockerfile_prints_it(
+    engine: DockerEngine, tmp_path: Path, base_image: str, local_refs: list[str]
+) -> None:
+    token = "leak-" + secrets.token_hex(12)
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base_image}\nRUN --mount=type=secret,id=tok echo leaked=$(cat /run/secrets/tok) {secrets.token_hex(4)}\n"
+    )
+    ref = "enginetest-local/leaky:1"
+    local_refs.append(ref)
+    lines: list[str] = []
+    engine.build(
+        BuildSpec(tmp_path, "Dockerfile", ref), on_line=lines.append, secrets={"tok": SecretStr(token)}
+    )
+    assert any(line.endswith("leaked=***") or "leaked=*** " in line for line in lines)
+    assert not any(token in line for line in lines)
+
+
+def test_a_failing_step_is_one_sentence_quoting_it(
     engine: DockerEngine, tmp_path: Path, base_image: str, local_refs: list[str]
 ) -> None:
     (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\nRUN echo boom-marker && exit 3\n")
@@ -176,19 +255,29 @@ def test_failing_dockerfile_raises_build_error_with_the_log_tail(
         engine.build(BuildSpec(tmp_path, "Dockerfile", ref), on_line=lines.append)
 
     error = caught.value
-    assert "returned a non-zero code: 3" in error.reason
-    assert "boom-marker" in error.log_tail
-    assert "boom-marker" in str(error)
-    assert "boom-marker" in lines
-    running = [line.split()[-1] for line in lines if line.startswith(" ---> Running in ")]
-    assert running
-    assert all(no_container(engine.client, cid) for cid in running)  # forcerm: even failed steps
+    assert not isinstance(error, TransientBuildError)
+    assert (
+        error.reason == "docker build failed: step [2/2] RUN echo boom-marker && exit 3 failed: exit code: 3"
+    )
+    assert any(line.endswith("boom-marker") for line in error.log_tail)
+    assert any(line.endswith("boom-marker") for line in lines)
 
 
-def test_unknown_instruction_is_a_build_error(engine: DockerEngine, tmp_path: Path, base_image: str) -> None:
-    (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\nFROBNICATE all the things\n")
-    with pytest.raises(BuildError, match=r"(?i)unknown instruction"):
+@pytest.mark.parametrize(
+    ("dockerfile", "reason"),
+    [
+        ("FROBNICATE all the things", "unknown instruction: FROBNICATE"),
+        ("COPY missing.txt /x", 'step [2/2] COPY missing.txt /x failed: "/missing.txt" not found'),
+    ],
+)
+def test_dockerfile_mistakes_are_permanent_build_errors(
+    engine: DockerEngine, tmp_path: Path, base_image: str, dockerfile: str, reason: str
+) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\n{dockerfile}\n")
+    with pytest.raises(BuildError) as caught:
         engine.build(BuildSpec(tmp_path, "Dockerfile", "enginetest-local/bad:1"))
+    assert reason in caught.value.reason
+    assert not isinstance(caught.value, TransientBuildError)
 
 
 @pytest.mark.parametrize(
@@ -225,25 +314,138 @@ def test_relative_context_is_refused(engine: DockerEngine) -> None:
     assert caught.value.field == "context_dir"
 
 
-def test_build_timeout_is_enforced_by_the_engine_call(
+def sleeping_dockerfile(base_image: str, marker: str) -> str:
+    """A RUN that prints, then sleeps in a child process whose command line carries ``marker``."""
+    return f"FROM {base_image}\nRUN echo sleeping; sh -c 'sleep 600; echo {marker}'; true\n"
+
+
+def test_build_timeout_stops_the_cli_and_the_buildkit_build(
     engine: DockerEngine, tmp_path: Path, base_image: str
 ) -> None:
-    (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\nRUN echo sleeping && sleep 120\n")
+    marker = f"timeout-{secrets.token_hex(6)}"
+    (tmp_path / "Dockerfile").write_text(sleeping_dockerfile(base_image, marker))
     lines: list[str] = []
-    start = time.monotonic()
-    with pytest.raises(BuildError, match="timed out after 3s") as caught:
+    with pytest.raises(BuildError, match="timed out after 4s") as caught:
         engine.build(
-            BuildSpec(tmp_path, "Dockerfile", "enginetest-local/slow:1", timeout=3), on_line=lines.append
+            BuildSpec(tmp_path, "Dockerfile", "enginetest-local/slow:1", timeout=4), on_line=lines.append
         )
-    elapsed = time.monotonic() - start
-    assert 3 <= elapsed < 15
-    assert "sleeping" in caught.value.log_tail
-    running = [line.split()[-1] for line in lines if line.startswith(" ---> Running in ")]
-    assert running
-    deadline = time.monotonic() + 15  # the engine removes the killed step's container as the build ends
-    while not all(no_container(engine.client, cid) for cid in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert all(no_container(engine.client, cid) for cid in running)
+    assert not isinstance(caught.value, TransientBuildError)
+    assert any(line.endswith("sleeping") for line in caught.value.log_tail)
+    assert wait_until_gone(marker) == []  # BuildKit stopped the RUN step: its processes are gone
+
+
+def test_a_cancelled_caller_stops_the_build(tmp_path: Path, base_image: str) -> None:
+    """The flow-run process gets SIGTERM when its run is cancelled; Prefect raises in the main thread then.
+    Here a child process does the same: the build's CLI and BuildKit's RUN processes must go with it."""
+    marker = f"cancel-{secrets.token_hex(6)}"
+    (tmp_path / "Dockerfile").write_text(sleeping_dockerfile(base_image, marker))
+    script = textwrap.dedent(
+        f"""
+        import signal, sys
+        import docker
+        from pathlib import Path
+        from previews.docker_engine import BuildSpec, DockerEngine
+
+        class Cancelled(BaseException):
+            pass
+
+        def on_term(*_):
+            raise Cancelled()
+
+        signal.signal(signal.SIGTERM, on_term)
+        engine = DockerEngine(docker.from_env())
+        try:
+            engine.build(BuildSpec(Path({str(tmp_path)!r}), "Dockerfile", "enginetest-local/cancel:1"),
+                         on_line=lambda line: print(line, flush=True))
+        except Cancelled:
+            print("cancelled-cleanly", flush=True)
+            sys.exit(3)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_running(marker)
+        cli_pids = [p for p in processes_with("enginetest-local/cancel:1") if p != child.pid]
+        assert cli_pids  # the docker CLI that runs the build
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 3, out
+    assert "cancelled-cleanly" in out
+    assert wait_until_gone(marker) == []  # BuildKit's RUN processes are gone, not just the CLI
+    assert all(not Path(f"/proc/{pid}").exists() for pid in cli_pids)
+
+
+def test_an_engine_that_goes_away_mid_build_is_transient(tmp_path: Path, base_image: str) -> None:
+    marker = f"gone-{secrets.token_hex(6)}"
+    (tmp_path / "Dockerfile").write_text(sleeping_dockerfile(base_image, marker))
+    with socket_dir() as sockets, EngineProxy(sockets / "engine.sock") as proxy:
+        engine = DockerEngine(docker.DockerClient(base_url=proxy.host, timeout=60), docker_host=proxy.host)
+        outcome: list[BaseException] = []
+
+        def build() -> None:
+            try:
+                engine.build(BuildSpec(tmp_path, "Dockerfile", "enginetest-local/gone:1", timeout=120))
+            except BaseException as exc:  # collected for the assertions below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=build)
+        worker.start()
+        wait_until_running(marker)
+        proxy.cut()
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert len(outcome) == 1
+    error = outcome[0]
+    assert isinstance(error, TransientBuildError), error
+    assert str(error).startswith("lost the Docker engine during the build: ")
+    assert wait_until_gone(marker) == []  # the engine cancelled the build its client left
+
+
+def test_the_build_client_gets_registry_credentials_only_in_a_private_config(
+    engine: DockerEngine, registry: Registry, tmp_path: Path, base_image: str, local_refs: list[str]
+) -> None:
+    """A base image in the push registry is pulled by BuildKit with the push credentials (as after
+    `docker login` in the workflow); the config holding them is gone afterwards and never in the output."""
+    base = f"{registry.host}/enginetest/private-base-{secrets.token_hex(4)}"
+    source = tmp_path / "base"
+    source.mkdir()
+    (source / "Dockerfile").write_text(f"FROM {base_image}\nRUN echo {secrets.token_hex(8)} > /base.txt\n")
+    engine.build(BuildSpec(source, "Dockerfile", f"{base}:1"))
+    local_refs.append(f"{base}:1")
+    for _chunk in engine.client.api.push(
+        base,
+        tag="1",
+        stream=True,
+        decode=True,
+        auth_config={"username": registry.username, "password": registry.password},
+    ):
+        pass
+    engine.remove(f"{base}:1")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base}:1\nRUN echo built-on-private-base {secrets.token_hex(4)}\n"
+    )
+    ref = "enginetest-local/on-private-base:1"
+    local_refs.append(ref)
+    before = set(Path(tempfile.gettempdir()).glob("previews-build-*"))
+    lines: list[str] = []
+    login = RegistryLogin(registry.host, registry.username, SecretStr(registry.password))
+
+    engine.build(BuildSpec(tmp_path, "Dockerfile", ref), on_line=lines.append, login=login)
+
+    assert any("built-on-private-base" in line for line in lines)
+    assert not any(registry.password in line for line in lines)
+    assert set(Path(tempfile.gettempdir()).glob("previews-build-*")) == before  # the private config is gone
+    with pytest.raises(BuildError):  # without the login the registry refuses the base image
+        engine.build(BuildSpec(tmp_path, "Dockerfile", ref + "-anon"))
 
 
 # -- push --------------------------------------------------------------------------------------------------------
@@ -329,6 +531,31 @@ def test_a_registry_echoing_the_password_is_redacted(
     assert "manifest invalid: bad ***" in str(caught.value)
     assert registry.password not in str(caught.value)
     assert not any(registry.password in line for line in lines)
+
+
+def test_denied_with_valid_credentials_is_permanent(
+    engine: DockerEngine, registry: Registry, small_image: str, local_refs: list[str]
+) -> None:
+    """The registry knows the (valid) credentials and refuses this repository: a successful login proves
+    nothing about that, so the push is not retried."""
+    tag = new_tag(12)
+    with FaultProxy(upstream=registry.host) as proxy:
+        name = tag_for_push(engine, small_image, proxy.host, tag, local_refs)
+        denied = b'{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}'
+        proxy.fail_next(
+            10_000,
+            status=403,
+            body=denied,
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+            path="/manifests/",
+        )
+        with pytest.raises(AuthError) as caught:
+            push(engine, name, tag, registry)
+    assert caught.value.status == 403
+    assert "denied" in str(caught.value)
+    assert not isinstance(caught.value, TransientPushError)
+    assert tag not in registry.tags(REPO)
 
 
 @pytest.mark.slow
@@ -489,7 +716,17 @@ def test_fault_proxy_keeps_location_pointing_at_itself(registry: Registry) -> No
     ("message", "kind", "status"),
     [
         ("unauthorized: authentication required", AuthError, 401),
-        ("denied: requested access to the resource is denied", AuthError, 401),
+        ("denied: requested access to the resource is denied", AuthError, 403),
+        ("received unexpected HTTP status: 403 Forbidden", AuthError, 403),
+        ("manifest invalid: timeout must be a positive number", PushError, None),
+        ("unknown: the timeout policy of this repository refuses the push", PushError, None),
+        (
+            "net/http: request canceled (Client.Timeout exceeded while awaiting headers)",
+            TransientPushError,
+            None,
+        ),
+        ('Put "http://r/v2/x": dial tcp 10.0.0.1:443: i/o timeout', TransientPushError, None),
+        ("read tcp 10.0.0.2:5000: connection timed out", TransientPushError, None),
         ("received unexpected HTTP status: 503 Service Unavailable", TransientPushError, 503),
         ("received unexpected HTTP status: 502 Bad Gateway", TransientPushError, 502),
         ("toomanyrequests: slow down", TransientPushError, 429),

@@ -579,3 +579,83 @@ def test_a_stalled_remote_is_killed_at_the_timeout(
             )
         elapsed = time.monotonic() - started
     assert elapsed < 15
+
+
+SIBLINGS_TOKEN = "ghs_siblings-token-must-not-leak-9876543210"
+
+
+def test_each_repository_receives_its_own_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The app is fetched with PREVIEWS_GIT_TOKEN, the siblings with PREVIEWS_SIBLINGS_GIT_TOKEN, as the
+    workflow's REPO_ACCESS_TOKEN checkouts do; the server refuses any other pairing."""
+    caplog.set_level(logging.DEBUG)
+    root = tmp_path / "remotes"
+    app = make_remote(root, "seed/app")
+    sha = app.commit({"Dockerfile": "FROM scratch\n"})
+    common = make_remote(root, "seed/common")
+    common_sha = common.commit({"lib.txt": "lib\n"})
+    proto = make_remote(root, "seed/proto")
+    proto_sha = proto.commit({"api.proto": "syntax = 1;\n"})
+    tokens = {"seed/common": SIBLINGS_TOKEN, "seed/proto": SIBLINGS_TOKEN}
+    with run_git_http(root, TOKEN, repo_tokens=tokens) as server:
+        template = server.url_template()
+        siblings = [
+            (Sibling("common", "seed/common", "main"), repository_url(template, "seed/common")),
+            (Sibling("proto", "seed/proto"), repository_url(template, "seed/proto")),
+        ]
+        workspace = tmp_path / "ws"
+        result = checkout(
+            workspace=workspace,
+            url=repository_url(template, "seed/app"),
+            sha=sha,
+            pr_number=1,
+            siblings=siblings,
+            token=SecretStr(TOKEN),
+            siblings_token=SecretStr(SIBLINGS_TOKEN),
+        )
+        known = {"default": TOKEN, **tokens}
+        sent = {
+            repo: {known[name] for name in names if name}
+            for repo, names in server.seen_by_repository().items()
+        }
+        assert sent == {"seed/app": {TOKEN}, "seed/common": {SIBLINGS_TOKEN}, "seed/proto": {SIBLINGS_TOKEN}}
+        assert all(r.authorized for r in server.requests)
+
+        # one token for everything is refused by the siblings' server: the tokens really are separate
+        with pytest.raises(AuthError):
+            checkout(
+                workspace=tmp_path / "ws2",
+                url=repository_url(template, "seed/app"),
+                sha=sha,
+                pr_number=1,
+                siblings=siblings,
+                token=SecretStr(TOKEN),
+            )
+    assert result.siblings == {"common": common_sha, "proto": proto_sha}
+    _assert_no_secret_on_disk(workspace)
+    _assert_no_secret_on_disk(workspace, SIBLINGS_TOKEN)
+    _assert_no_secret(caplog.text)
+    _assert_no_secret(caplog.text, SIBLINGS_TOKEN)
+
+
+def test_a_sibling_without_ref_uses_the_remotes_default_branch(tmp_path: Path) -> None:
+    root = tmp_path / "remotes"
+    app = make_remote(root, "seed/app")
+    sha = app.commit({"Dockerfile": "FROM scratch\n"})
+    proto = make_remote(root, "seed/proto")
+    proto.commit({"api.proto": "v1 on main\n"})
+    git("checkout", "-q", "-b", "trunk", cwd=proto.work)
+    trunk_sha = proto.commit({"api.proto": "v2 on trunk\n"})
+    git("push", "-q", "origin", "HEAD:trunk", cwd=proto.work)
+    git("symbolic-ref", "HEAD", "refs/heads/trunk", cwd=proto.bare)  # the remote's default branch
+    with run_git_http(root, TOKEN) as server:
+        template = server.url_template()
+        result = checkout(
+            workspace=tmp_path / "ws",
+            url=repository_url(template, "seed/app"),
+            sha=sha,
+            pr_number=1,
+            siblings=[(Sibling("proto", "seed/proto"), repository_url(template, "seed/proto"))],
+            token=SecretStr(TOKEN),
+        )
+    assert result.siblings == {"proto": trunk_sha}
+    assert (tmp_path / "ws" / "proto" / "api.proto").read_text() == "v2 on trunk\n"

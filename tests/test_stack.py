@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import docker
 import httpx
 import pytest
 
@@ -63,3 +64,5 @@ def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> No
             assert sock.connect_ex(("127.0.0.1", port)) != 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{image.group(1).split('/')[0]}/v2/", timeout=2)
+    # and the engine forgets the image of a registry port that is never used again
+    assert docker.from_env(timeout=30).images.list(name=image.group(1)) == []

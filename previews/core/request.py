@@ -18,18 +18,21 @@ from previews.errors import ValidationError
 
 @dataclass(frozen=True, slots=True)
 class Sibling:
-    """A repository checked out beside the app, at ``<workspace>/<name>``."""
+    """A repository checked out beside the app, at ``<workspace>/<name>``.
+
+    ``ref`` None means the repository's default branch, as its remote reports it (``HEAD``).
+    """
 
     name: str
     repository: str
-    ref: str
+    ref: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.name}={self.repository}@{self.ref}"
+        return f"{self.name}={self.repository}" + (f"@{self.ref}" if self.ref else "")
 
 
 def parse_siblings(value: str | None) -> tuple[Sibling, ...]:
-    """Parse ``name=owner/repo@ref,...`` (``@ref`` optional, default ``main``)."""
+    """Parse ``name=owner/repo@ref,...``; without ``@ref`` the remote's default branch is used."""
     if value is None or not value.strip():
         return ()
     siblings: list[Sibling] = []
@@ -45,7 +48,7 @@ def parse_siblings(value: str | None) -> tuple[Sibling, ...]:
             Sibling(
                 name=parse_dir_name(name.strip(), field="siblings"),
                 repository=parse_repository(repository.strip(), field="siblings"),
-                ref=parse_git_ref(ref.strip() or "main", field="siblings"),
+                ref=parse_git_ref(ref.strip(), field="siblings") if ref.strip() else None,
             )
         )
     names = [s.name for s in siblings]
@@ -71,11 +74,6 @@ class BuildRequest:
     def image_name(self) -> str:
         """``registry/image`` without a tag."""
         return f"{self.registry}/{self.image}"
-
-    @property
-    def source_url(self) -> str:
-        """The web address of the repository, for ``org.opencontainers.image.source``."""
-        return f"https://github.com/{self.repository}"
 
 
 def validate_request(

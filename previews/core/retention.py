@@ -9,6 +9,8 @@ Safety invariants (each one is a property test in ``tests/core/test_retention.py
 - a tag whose build is in flight is kept;
 - a manifest is deleted only when every tag on it is deleted, and never while it is reachable from a manifest
   that stays (a kept tag, an untagged top-level manifest, or a kept index's children, transitively);
+- fail closed: a manifest whose references could not be read (``unreadable``) stays, and while one does no
+  manifest is deleted at all, since any of them could be its child; every such tag says why;
   a deletable tag on a manifest that stays is untagged where the backend can, otherwise kept with a reason;
 - an index's children are deleted only inside their parent's action, after the parent, never alone.
 """
@@ -49,7 +51,7 @@ class ImageVersion:
     """One manifest in the registry: its digest, the tags on it, when it was made, and its child manifests.
 
     ``version_id`` is the GitHub Packages numeric id (GHCR); ``children`` are the digests an index or manifest
-    list references.
+    list references. ``unreadable`` says why the manifest could not be read: its children are unknown.
     """
 
     digest: str
@@ -57,6 +59,7 @@ class ImageVersion:
     created: datetime | None = None
     children: tuple[str, ...] = ()
     version_id: int | None = None
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class Reason(StrEnum):
     NO_CREATED_TIME = "creation time unknown"
     SHARES_DIGEST_WITH_KEPT = "digest shared with a kept tag"
     CHILD_OF_KEPT = "manifest referenced by a kept index"
+    REFERENCES_UNREADABLE = "its references could not be read"
+    BLOCKED_BY_UNREADABLE = "a kept manifest's references could not be read"
     NO_VERSION_ID = "no package version id to delete"
     CLOSED_PAST_GRACE = "PR closed longer than the grace period"
     SUPERSEDED = "older SHA of an open PR"
@@ -165,6 +170,7 @@ class Plan:
     actions: tuple[Action, ...]
     untagged_kept: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)
+    unreadable: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def removed_tags(self) -> frozenset[str]:
@@ -323,11 +329,12 @@ def _resolve(
     doomed: set[str] = set()
     roots: list[str] = []
     referenced: set[str] = set()
+    unreadable = {d: v.unreadable for d, v in listing.items() if v.unreadable is not None}
     for version in listing.values():
         referenced.update(version.children)
     for digest, version in listing.items():
         if version.tags:
-            if all(wanted[tag].delete for tag in version.tags):
+            if digest not in unreadable and all(wanted[tag].delete for tag in version.tags):
                 doomed.add(digest)
             else:
                 roots.append(digest)
@@ -352,6 +359,8 @@ def _resolve(
         if reached is not None:
             stack.extend(reached.children)
     doomed -= staying
+    # A manifest whose children are unknown could reference any other: nothing may be deleted.
+    blocked, doomed = (doomed, set()) if unreadable else (set(), doomed)
 
     actions: list[Action] = []
     claimed: set[str] = set()
@@ -379,10 +388,15 @@ def _resolve(
         for tag in version.tags:
             rule = wanted[tag]
             wanted_reason: Reason | None = None
-            if not rule.delete:
+            if digest in unreadable:
+                verdict, reason = Verdict.KEEP, Reason.REFERENCES_UNREADABLE
+                wanted_reason = rule.reason if rule.delete else None
+            elif not rule.delete:
                 verdict, reason = Verdict.KEEP, rule.reason
             elif digest in deleted:
                 verdict, reason = Verdict.DELETE, rule.reason
+            elif digest in blocked:
+                verdict, reason, wanted_reason = Verdict.KEEP, Reason.BLOCKED_BY_UNREADABLE, rule.reason
             elif supports_untag and digest not in undeletable:
                 verdict, reason = Verdict.UNTAG, rule.reason
                 untags.append(Action(ActionKind.UNTAG, digest, (tag,), version.version_id))
@@ -419,6 +433,7 @@ def _resolve(
         actions=tuple(untags + actions),
         untagged_kept=untagged_kept,
         counts=dict(sorted(counts.items())),
+        unreadable=unreadable,
     )
 
 

@@ -1,21 +1,21 @@
-"""A small synchronous GitHub REST client: pull requests, commit statuses, repository dispatch.
+"""A small synchronous GitHub REST client: pull requests, commit statuses, repository dispatch, pages.
 
 Every call goes through :meth:`GitHubClient.request`, the one seam that adds authentication (a token, or a
-GitHub App installation token minted and cached by :mod:`previews.github.app_auth`), retries transient
-failures a bounded number of times, and maps answers onto the exception tree:
+GitHub App installation token minted and cached by :mod:`previews.github.app_auth`), keeps credentials on
+the configured origin and turns answers into values or errors with :mod:`previews.github.sansio`.
 
-- 401, 403 -> :class:`AuthError`, except rate limits;
-- 403/429 with ``retry-after``, ``x-ratelimit-remaining: 0`` or a "secondary rate limit" message, 5xx,
-  timeouts and connection errors -> :class:`TransientGitHubError` (``retry_after`` in seconds when known);
-- 404 -> :class:`GitHubNotFoundError`, 422 -> :class:`GitHubUnprocessableError`, other 4xx -> :class:`GitHubError`.
+- One attempt per call: a transient failure (5xx, rate limit, timeout, connection error) raises
+  :class:`TransientGitHubError`, with ``retry_after`` when GitHub said how long to wait; retrying is the
+  caller's one retry layer (Prefect task retries). The only second request is a fresh installation token
+  after GitHub refused the cached one (401).
+- Credentials go only to the origin of ``base_url``: a pagination ``Link`` or a redirect to another origin
+  raises :class:`CrossOriginError` naming it; same-origin redirects are followed (at most 5).
 
 Tokens travel only in the ``Authorization`` header; they never appear in URLs, logs or error messages.
-https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import time
@@ -29,15 +29,10 @@ from pydantic import ValidationError as PydanticValidationError
 from previews.core.forks import is_fork
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.core.status import STATUS_STATES, StatusState, truncate
-from previews.errors import (
-    AuthError,
-    GitHubError,
-    GitHubNotFoundError,
-    GitHubUnprocessableError,
-    TransientGitHubError,
-    ValidationError,
-)
+from previews.errors import AuthError, GitHubError, TransientGitHubError, ValidationError
 from previews.github.app_auth import AppCredentials, InstallationToken, InstallationTokenCache, app_jwt
+from previews.github.sansio import decipher_response, error_for
+from previews.http import MAX_REDIRECTS, PageChain, check_origin, origin, redirect_location
 from previews.settings import Settings
 
 log = logging.getLogger("previews.github")
@@ -48,7 +43,6 @@ USER_AGENT = "previews/0.1 (python-httpx)"
 MAX_EVENT_TYPE_CHARS = 100
 MAX_CLIENT_PAYLOAD_KEYS = 10
 MAX_CLIENT_PAYLOAD_BYTES = 64 * 1024
-SECONDARY_LIMIT_DEFAULT_WAIT = 60.0
 
 
 def validate_dispatch(event_type: object, client_payload: object) -> bytes:
@@ -150,48 +144,11 @@ class CombinedStatus(BaseModel):
     statuses: tuple[CommitStatus, ...]
 
 
-def _parse_retry_after(value: str, now: float) -> float | None:
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - now)
-
-
-def _error_details(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
-    """GitHub's ``message`` (or a short text snippet) and the 422 ``errors`` list."""
-    try:
-        body = response.json()
-    except ValueError:
-        snippet = " ".join(response.text.split())[:120]
-        return (snippet or response.reason_phrase or "no body"), []
-    if not isinstance(body, dict):
-        return str(body)[:200], []
-    message = str(body.get("message") or response.reason_phrase or "")[:300]
-    errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
-    return message, errors
-
-
-def _describe_errors(errors: list[dict[str, Any]]) -> str:
-    parts = []
-    for error in errors[:5]:
-        where = ".".join(str(error[k]) for k in ("resource", "field") if error.get(k))
-        what = error.get("message") or error.get("code") or "invalid"
-        parts.append(f"{where} {what}".strip())
-    return "; ".join(parts)
-
-
 class GitHubClient:
     """GitHub REST over httpx (sync). Authenticate with a token or an App installation; or neither (public reads).
 
-    ``max_retries`` transient failures are retried inside the client, each after ``retry_after`` when GitHub
-    said how long to wait (at most ``max_retry_wait`` seconds; a longer wait is raised to the caller instead),
-    else after ``backoff * 2**attempt`` seconds.
+    One attempt per call (see the module docstring); ``clock`` is the wall clock that rate-limit resets are
+    measured against.
     """
 
     def __init__(
@@ -201,29 +158,20 @@ class GitHubClient:
         token: SecretStr | None = None,
         app: AppCredentials | None = None,
         timeout: float = 10.0,
-        max_retries: int = 2,
-        backoff: float = 1.0,
-        max_retry_wait: float = 30.0,
         token_refresh_margin: float = 300.0,
         user_agent: str = USER_AGENT,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if token is not None and app is not None:
             raise ValidationError("github credentials", "configure either a token or a GitHub App, not both")
         if not base_url.startswith(("https://", "http://")):
             raise ValidationError("PREVIEWS_GITHUB_API_URL", "must be an http(s) URL")
-        if not 0 <= max_retries <= 10:
-            raise ValidationError("max_retries", "must be 0-10")
         self.base_url = base_url.rstrip("/")
+        self.origin = origin(self.base_url)
         self._token = token if token is not None and token.get_secret_value() else None
         self._app = app
         self._tokens = InstallationTokenCache(refresh_margin=token_refresh_margin, clock=clock)
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_retry_wait = max_retry_wait
-        self._sleep = sleep
         self._clock = clock
         self._http = httpx.Client(
             base_url=self.base_url + "/",
@@ -241,8 +189,8 @@ class GitHubClient:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> GitHubClient | None:
         """A client from :class:`previews.settings.Settings`, or None when no GitHub credentials are set.
 
-        A GitHub App (id, key and installation, all three) wins over a token. The first retry delay is
-        ``settings.retry_delay`` unless ``backoff`` is passed; other keyword arguments go to the constructor.
+        A GitHub App (id, key and installation, all three) wins over a token. Keyword arguments go to the
+        constructor.
         """
         app: AppCredentials | None = None
         if settings.github_app_id or settings.github_app_private_key or settings.github_app_installation_id:
@@ -264,7 +212,6 @@ class GitHubClient:
         token = settings.github_token
         if app is None and (token is None or not token.get_secret_value()):
             return None
-        kwargs.setdefault("backoff", settings.retry_delay)
         return cls(base_url=settings.github_api_url, token=None if app else token, app=app, **kwargs)
 
     def __repr__(self) -> str:
@@ -291,40 +238,23 @@ class GitHubClient:
         json_body: Any = None,
         params: Mapping[str, str | int] | None = None,
     ) -> httpx.Response:
-        """Send one API request with auth, bounded retries of transient failures and error mapping.
+        """Send one API request with auth and error mapping; returns the 2xx response.
 
         ``path`` is relative to the API base URL (``/repos/o/r/pulls/1``), or an absolute URL on the same
-        origin (a pagination ``next`` link). Returns the 2xx response.
+        origin (a pagination ``next`` link).
         """
         where = f"GitHub {method} {_path_only(path)}"
-
-        def once() -> httpx.Response:
-            return self._send_once(where, method, path, json_body=json_body, params=params)
-
         try:
-            return self._with_retries(where, once)
+            return self._send(where, method, path, json_body=json_body, params=params)
         except AuthError as exc:
             # A cached installation token GitHub no longer accepts (revoked, expired early): mint one, once.
             if self._app is None or exc.status != 401 or self._tokens.current() is None:
                 raise
             self._tokens.invalidate()
             log.warning("%s: GitHub refused the cached installation token (401); minting a new one", where)
-            return self._with_retries(where, once)
+            return self._send(where, method, path, json_body=json_body, params=params)
 
-    def _with_retries(self, where: str, call: Callable[[], httpx.Response]) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                return call()
-            except TransientGitHubError as exc:
-                wait = exc.retry_after if exc.retry_after is not None else self.backoff * 2**attempt
-                if attempt >= self.max_retries or wait > self.max_retry_wait:
-                    raise
-                attempt += 1
-                log.warning("%s; retry %d/%d in %.1fs", exc, attempt, self.max_retries, wait)
-                self._sleep(wait)
-
-    def _send_once(
+    def _send(
         self,
         where: str,
         method: str,
@@ -334,30 +264,36 @@ class GitHubClient:
         params: Mapping[str, str | int] | None = None,
         authorization: str | None = None,
     ) -> httpx.Response:
-        url = self._resolve(path)
+        url = self._absolute(path, where)
         headers: dict[str, str] = {}
         if authorization is not None:
             headers["Authorization"] = authorization
         elif self._token is not None or self._app is not None:
             headers["Authorization"] = self._authorization()
-        try:
-            response = self._http.request(
-                method, url, json=json_body, params=dict(params) if params else None, headers=headers
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientGitHubError(f"{where}: timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise TransientGitHubError(f"{where}: connection failed ({type(exc).__name__})") from exc
+        query = dict(params) if params else None
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                response = self._http.request(method, url, json=json_body, params=query, headers=headers)
+            except httpx.TimeoutException as exc:
+                raise TransientGitHubError(f"{where}: timed out ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                raise TransientGitHubError(f"{where}: connection failed ({type(exc).__name__})") from exc
+            target = redirect_location(response.status_code, response.headers, str(response.url))
+            if target is None:
+                break
+            url, query = check_origin(target, self.origin, what=where), None
+            if response.status_code == 303:
+                method, json_body = "GET", None
         if response.is_success:
             return response
-        raise self._map_error(where, response)
+        raise error_for(
+            response.status_code, response.headers, response.content, where=where, now=self._clock()
+        )
 
-    def _resolve(self, path: str) -> str:
+    def _absolute(self, path: str, where: str) -> str:
         if path.startswith(("https://", "http://")):
-            if not (path == self.base_url or path.startswith(self.base_url + "/")):
-                raise GitHubError(f"refusing to send credentials to a URL outside {self.base_url}")
-            return path
-        return path.lstrip("/")
+            return check_origin(path, self.origin, what=where)
+        return f"{self.base_url}/{path.lstrip('/')}"
 
     def _authorization(self) -> str:
         if self._token is not None:
@@ -373,66 +309,16 @@ class GitHubClient:
                 return cached
             path = f"/app/installations/{self._app.installation_id}/access_tokens"
             where = f"GitHub POST {path}"
-            app = self._app
-            response = self._with_retries(
-                where, lambda: self._send_once(where, "POST", path, authorization=f"Bearer {app_jwt(app)}")
-            )
-            token = InstallationToken.from_api(self._json(response, where))
+            response = self._send(where, "POST", path, authorization=f"Bearer {app_jwt(self._app)}")
+            token = InstallationToken.from_api(self._decode(response, where))
             self._tokens.store(token)
-            log.info("minted a GitHub App installation token (installation %d)", app.installation_id)
+            log.info("minted a GitHub App installation token (installation %d)", self._app.installation_id)
             return token.token
 
-    def _map_error(self, where: str, response: httpx.Response) -> Exception:
-        status = response.status_code
-        message, errors = _error_details(response)
-        text = f"{where}: {status} {message}".rstrip()
-        if status in (403, 429):
-            retry_after = self._rate_limit_wait(response, message)
-            if retry_after is not None or status == 429:
-                return TransientGitHubError(f"{text} (rate limited)", status=status, retry_after=retry_after)
-        if status in (401, 403):
-            return AuthError(text, status=status)
-        if status == 404:
-            return GitHubNotFoundError(text, status=status)
-        if status == 422:
-            detail = _describe_errors(errors)
-            return GitHubUnprocessableError(
-                f"{text} ({detail})" if detail else text, status=status, errors=errors
-            )
-        if status >= 500:
-            retry_after_header = response.headers.get("retry-after")
-            wait = _parse_retry_after(retry_after_header, self._clock()) if retry_after_header else None
-            return TransientGitHubError(text, status=status, retry_after=wait)
-        return GitHubError(text, status=status)
-
-    def _rate_limit_wait(self, response: httpx.Response, message: str) -> float | None:
-        """Seconds to wait when a 403/429 is a rate limit, else None."""
-        now = self._clock()
-        header = response.headers.get("retry-after")
-        if header is not None:
-            parsed = _parse_retry_after(header, now)
-            if parsed is not None:
-                return parsed
-        if response.headers.get("x-ratelimit-remaining") == "0":
-            reset = response.headers.get("x-ratelimit-reset")
-            try:
-                return (
-                    max(0.0, float(reset) - now) + 1.0 if reset is not None else SECONDARY_LIMIT_DEFAULT_WAIT
-                )
-            except ValueError:
-                return SECONDARY_LIMIT_DEFAULT_WAIT
-        if "rate limit" in message.lower():
-            return SECONDARY_LIMIT_DEFAULT_WAIT
-        return None
-
-    @staticmethod
-    def _json(response: httpx.Response, where: str) -> Any:
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise TransientGitHubError(
-                f"{where}: {response.status_code} with a body that is not JSON", status=response.status_code
-            ) from exc
+    def _decode(self, response: httpx.Response, where: str) -> Any:
+        return decipher_response(
+            response.status_code, response.headers, response.content, where=where, now=self._clock()
+        )
 
     def request_json(
         self,
@@ -442,42 +328,37 @@ class GitHubClient:
         json_body: Any = None,
         params: Mapping[str, str | int] | None = None,
     ) -> Any:
-        """:meth:`request`, then the decoded JSON body. A 2xx with a body that is not JSON is retried as transient."""
-        attempt = 0
-        while True:
-            response = self.request(method, path, json_body=json_body, params=params)
-            try:
-                return self._json(response, f"GitHub {method} {_path_only(path)}")
-            except TransientGitHubError:
-                if attempt >= self.max_retries:
-                    raise
-                wait = self.backoff * 2**attempt
-                attempt += 1
-                log.warning(
-                    "GitHub %s %s: body is not JSON; retry %d in %.1fs",
-                    method,
-                    _path_only(path),
-                    attempt,
-                    wait,
-                )
-                self._sleep(wait)
+        """:meth:`request`, then the decoded JSON body (a 2xx body that is not JSON is transient)."""
+        response = self.request(method, path, json_body=json_body, params=params)
+        return self._decode(response, f"GitHub {method} {_path_only(path)}")
 
     def paginate(
-        self, path: str, *, params: Mapping[str, str | int] | None = None, max_pages: int = 50
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        max_pages: int = 50,
+        require_all: bool = False,
     ) -> Iterator[Any]:
-        """Yield the items of a list endpoint, following ``Link: <...>; rel="next"`` for up to ``max_pages``."""
-        next_url: str | None = path
+        """Yield the items of a list endpoint page by page, following ``Link: <...>; rel="next"``.
+
+        The chain stays on GitHub's origin (else :class:`CrossOriginError`), ends at a link already read,
+        and stops after ``max_pages`` pages; with ``require_all`` a listing longer than that raises
+        :class:`GitHubError` instead of ending short.
+        """
+        where = f"GitHub GET {_path_only(path)}"
+        chain = PageChain(allowed=self.origin, what=where, max_pages=max_pages)
+        url: str | None = path
         query: Mapping[str, str | int] | None = params
-        pages = 0
-        while next_url is not None and pages < max_pages:
-            response = self.request("GET", next_url, params=query)
-            body = self._json(response, f"GitHub GET {_path_only(path)}")
+        while url is not None:
+            response = self.request("GET", url, params=query)
+            body = self._decode(response, where)
             if not isinstance(body, list):
-                raise GitHubError(f"GitHub GET {_path_only(path)}: expected a JSON list")
+                raise GitHubError(f"{where}: expected a JSON list")
             yield from body
-            pages += 1
-            next_url = response.links.get("next", {}).get("url")
-            query = None  # the next link carries the query
+            url, query = chain.follow(str(response.url), response.headers), None
+        if require_all and chain.truncated:
+            raise GitHubError(f"{where}: more than {max_pages} pages; refusing to act on part of the list")
 
     # --- endpoints -------------------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Two targets: a GitHub ``repository_dispatch`` on the infra repository (``preview-create`` /
 ``preview-teardown``), or a generic HTTP webhook for infra that is not on GitHub, signed like GitHub signs
-its own webhooks: ``X-Previews-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``.
+its own webhooks: ``X-Previews-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`` (a receiver checks
+it with :func:`previews.signature.verify_signature`).
 
 ``preview-create`` is only sent while the built SHA is still the PR's head, so a late run for an older commit
 cannot roll the preview back. Every function returns a :class:`NotifyResult` saying what happened and why.
@@ -10,10 +11,9 @@ cannot roll the preview back. Every function returns a :class:`NotifyResult` say
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,7 +25,10 @@ from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.core.outcome import NotifyResult
 from previews.errors import InfraNotifyError, TransientInfraNotifyError, ValidationError
 from previews.github.client import GitHubClient, validate_dispatch
+from previews.http import is_transient, retry_after
+from previews.redact import redact_url
 from previews.settings import Settings
+from previews.signature import sign
 
 log = logging.getLogger("previews.github.infra")
 
@@ -73,24 +76,12 @@ class GitHubDispatchTarget:
         self.client.dispatch(self.repository, event_type, client_payload)
 
 
-def sign(secret: SecretStr, body: bytes) -> str:
-    """The signature header value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
-    digest = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
-
-
-def verify_signature(secret: SecretStr, body: bytes, header: str | None) -> bool:
-    """Constant-time check of a ``X-Previews-Signature-256`` header over the raw body (for receivers, tests)."""
-    if not header:
-        return False
-    return hmac.compare_digest(sign(secret, body), header)
-
-
 class WebhookTarget:
     """POST ``{"event_type": ..., "client_payload": {...}}`` as JSON to ``url``, HMAC-signed with ``secret``.
 
-    2xx is delivered; 429, 5xx, timeouts and connection errors raise :class:`TransientInfraNotifyError`;
-    other answers raise :class:`InfraNotifyError`.
+    2xx is delivered; 408, 429, 5xx, timeouts and connection errors raise :class:`TransientInfraNotifyError`
+    (with ``retry_after`` when the target said how long to wait); other answers, redirects included (the
+    signed body goes only to ``url``), raise :class:`InfraNotifyError`.
     """
 
     def __init__(
@@ -112,7 +103,7 @@ class WebhookTarget:
         self._secret = secret
         self._timeout = timeout
         self._transport = transport
-        self._public = str(parsed.copy_with(query=None, fragment=None))
+        self._public = redact_url(url)
 
     @property
     def name(self) -> str:
@@ -136,7 +127,7 @@ class WebhookTarget:
             "Content-Type": "application/json",
             "User-Agent": "previews-infra-notify",
             EVENT_HEADER: event_type,
-            SIGNATURE_HEADER: sign(self._secret, body),
+            SIGNATURE_HEADER: sign(body, self._secret),
         }
         try:
             with httpx.Client(timeout=self._timeout, transport=self._transport) as http:
@@ -145,10 +136,12 @@ class WebhookTarget:
             raise TransientInfraNotifyError(f"{self.name}: {type(exc).__name__}") from exc
         if response.is_success:
             return
-        text = f"{self.name}: {response.status_code} {response.reason_phrase}"
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientInfraNotifyError(text, status=response.status_code)
-        raise InfraNotifyError(text, status=response.status_code)
+        status = response.status_code
+        text = f"{self.name}: {status} {response.reason_phrase}"
+        if is_transient(status):
+            wait = retry_after(response.headers, now=time.time())
+            raise TransientInfraNotifyError(text, status=status, retry_after=wait)
+        raise InfraNotifyError(text, status=status)
 
 
 def target_from_settings(settings: Settings, client: GitHubClient | None) -> InfraTarget | NoTarget:

@@ -1,14 +1,12 @@
 """GitHub webhook deliveries, sans I/O: verify the signature on the raw body, then parse it.
 
 Follows GitHub's "Validating webhook deliveries": ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw
-body>``, compared in constant time. The bytes are never re-serialised before verification (GitHub writes
-``\\u001B`` upper-case; ``json.dumps`` would not). Modelled on gidgethub's ``sansio.validate_event``.
+body>``, checked by the one verifier of :mod:`previews.signature` (constant time, fail closed) before the
+body is parsed. Modelled on gidgethub's ``sansio.validate_event``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,10 +14,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from pydantic import SecretStr
 
 from previews.core.events import parse_delivery_id
-from previews.errors import SignatureError, ValidationError
+from previews.errors import ValidationError
+from previews.http import header as _header
+from previews.signature import sign, verify_signature
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -37,42 +36,7 @@ __all__ = [
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"
 DELIVERY_HEADER = "X-GitHub-Delivery"
-_SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})", re.ASCII)
 _EVENT_RE = re.compile(r"[a-z_]{1,64}", re.ASCII)
-
-
-def _secret_bytes(secret: SecretStr | str | None) -> bytes | None:
-    if secret is None:
-        return None
-    value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    return value.encode("utf-8") if value else None
-
-
-def sign(body: bytes, secret: SecretStr | str) -> str:
-    """The ``X-Hub-Signature-256`` value GitHub would send for ``body`` (for tests, demos and benchmarks)."""
-    key = _secret_bytes(secret)
-    if key is None:
-        raise ValidationError("webhook_secret", "must not be empty")
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(body: bytes, header: str | None, secret: SecretStr | str | None) -> None:
-    """Check ``X-Hub-Signature-256`` against the raw ``body``; raise :class:`SignatureError` if it fails.
-
-    With no secret configured every delivery passes (the receiver then trusts its network). With a secret,
-    a missing header fails closed. The comparison is constant-time over the full hex digest.
-    """
-    key = _secret_bytes(secret)
-    if key is None:
-        return
-    if header is None or not header.strip():
-        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
-    match = _SIGNATURE_RE.fullmatch(header.strip())
-    if match is None:
-        raise SignatureError(f"malformed {SIGNATURE_HEADER} header (want sha256=<64 hex digits>)")
-    expected = hmac.new(key, body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode("ascii"), match.group(1).lower().encode("ascii")):
-        raise SignatureError(f"{SIGNATURE_HEADER} does not match the body")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +46,6 @@ class Delivery:
     event: str
     delivery: str
     payload: dict[str, Any]
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        for key, item in headers.items():
-            if key.lower() == lowered:
-                return item
-    return value
 
 
 def parse_event_name(headers: Mapping[str, str]) -> str:

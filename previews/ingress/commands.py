@@ -32,7 +32,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from previews.ingress.app import create_app, require_secret
-    from previews.ingress.forwarder import DEFAULT_API_URL, redact_url
+    from previews.ingress.forwarder import DEFAULT_API_URL
+    from previews.redact import redact_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()

@@ -23,18 +23,12 @@ from pydantic import SecretStr
 
 from previews.errors import AuthError, PreviewsError, TransientError
 from previews.ingress.outbox import Outbox, OutboxEntry
+from previews.redact import redact_url
 
 log = logging.getLogger("previews.ingress.forwarder")
 
 DEFAULT_API_URL = "http://127.0.0.1:4200/api"
 _TRANSIENT_STATUS = {404, 408, 425, 429}
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]/path`` without any user info or query, for messages."""
-    parsed = httpx.URL(url)
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"
 
 
 def prefect_headers(api_key: SecretStr | None, auth_string: SecretStr | None) -> dict[str, str]:

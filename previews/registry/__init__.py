@@ -1,9 +1,16 @@
 """Registry adapters (OCI Distribution, GitHub Packages) and the executor of a retention plan.
 
 :func:`apply_plan` carries out a :class:`~previews.core.retention.Plan` against a :class:`CleanupTarget`, in
-plan order: a parent's children are deleted only after the parent itself is gone. Transient failures are
-retried (honouring ``retry_after``); a permanent refusal of one action (e.g. GHCR's "last tagged version")
+plan order: a parent's children are deleted only after the parent itself is gone. Before deleting, the tags
+are read again; when the references of a manifest a staying tag reaches cannot be read, every deletion is
+skipped and reported (fail closed). A permanent refusal of one action (e.g. GHCR's "last tagged version")
 is reported and the run goes on; an auth failure stops the run.
+
+Retries: adapters make one attempt and raise ``TransientError`` (with ``retry_after`` when the remote said
+how long to wait); Prefect task retries are the retry layer of flow work. :func:`apply_plan` is the
+documented exception: it paces and retries each deletion itself (honouring ``retry_after``), because a
+task-level retry would start the whole run again, listing and rechecking included, for one rate-limited
+delete out of hundreds.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ class CleanupTarget(Protocol):
         ...
 
     def children_of(self, digest: str) -> tuple[str, ...]:
-        """The child manifests of an index (empty for an image or when unknown)."""
+        """The child manifests of an index (empty for an image); raises when they cannot be read."""
         ...
 
     def close(self) -> None:
@@ -122,23 +129,41 @@ def _with_retries(
         return attempt
 
 
-def still_referenced(plan: Plan, target: CleanupTarget) -> set[str]:
+@dataclass(frozen=True, slots=True)
+class References:
+    """What staying tags reach now: ``digests``, and ``unreadable`` (digest -> why) where that is unknown."""
+
+    digests: frozenset[str]
+    unreadable: dict[str, str]
+
+
+def still_referenced(plan: Plan, target: CleanupTarget) -> References:
     """Digests that a tag the plan keeps (or a tag pushed since the listing) reaches now, children included.
 
     Run just before deleting: a tag moved or added since the listing (say ``latest`` promoted onto an old
-    ``pr-*`` image) must not lose its manifest.
+    ``pr-*`` image) must not lose its manifest. A manifest whose children cannot be read is listed in
+    ``unreadable``: what it references is unknown, so the caller must delete nothing.
     """
     current = target.current_tags(plan.removed_tags)
     referenced = set(current.values())
     known = {d.digest for d in plan.decisions}
     doomed = plan.deleted_digests
+    unreadable: dict[str, str] = {}
     stack = [d for d in referenced if d not in known or d in doomed]
     while stack:
-        for child in target.children_of(stack.pop()):
+        digest = stack.pop()
+        try:
+            children = target.children_of(digest)
+        except AuthError:
+            raise
+        except (PermanentError, TransientError) as exc:
+            unreadable[digest] = str(exc)
+            continue
+        for child in children:
             if child not in referenced:
                 referenced.add(child)
                 stack.append(child)
-    return referenced
+    return References(frozenset(referenced), unreadable)
 
 
 def apply_plan(
@@ -161,15 +186,20 @@ def apply_plan(
     if plan.backend is not target.backend:
         raise PermanentError(f"plan is for {plan.backend.value}, target is {target.backend.value}")
     start = time.monotonic()
-    guarded = still_referenced(plan, target) if recheck and plan.actions else set()
+    references = still_referenced(plan, target) if recheck and plan.actions else References(frozenset(), {})
+    guarded = references.digests
+    unreadable = "; ".join(f"{d}: {why}" for d, why in sorted(references.unreadable.items()))
     outcomes: list[ActionOutcome] = []
     not_found = (RegistryNotFoundError, GitHubNotFoundError)
     for action in plan.actions:
         detail = ""
-        if action.kind is not ActionKind.UNTAG and action.digest in guarded:
-            outcome = ActionOutcome(
-                action, False, "skipped: a staying tag points at this manifest since the listing"
-            )
+        skip = ""
+        if action.kind is not ActionKind.UNTAG and unreadable:
+            skip = f"skipped: the references of a staying manifest could not be read ({unreadable})"
+        elif action.kind is not ActionKind.UNTAG and action.digest in guarded:
+            skip = "skipped: a staying tag points at this manifest since the listing"
+        if skip:
+            outcome = ActionOutcome(action, False, skip)
             outcomes.append(outcome)
             if on_done:
                 on_done(outcome)
@@ -259,7 +289,7 @@ def retention_rules(settings: Settings) -> RetentionRules:
 
 def cleanup_target(settings: Settings) -> CleanupTarget:
     """The cleanup target the settings describe (an OCI repository or a GHCR package)."""
-    from previews.registry.ghcr import GhcrPackage, split_image
+    from previews.github.packages import GhcrPackage, split_image
     from previews.registry.oci import OciRegistry, OciRepository, registry_url
 
     image = cleanup_image(settings)

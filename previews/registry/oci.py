@@ -1,47 +1,86 @@
 """OCI Distribution client (httpx): tags, manifests, config blobs, delete by digest; Basic and Bearer token auth.
 
-Follows the OCI distribution spec v1.1 and the Docker token auth spec (distribution/distribution
-``docs/content/spec/auth/token.md``): pagination follows
-the ``Link`` header as given (relative or absolute), manifests are read with the OCI and Docker media types, the
-digest comes from ``Docker-Content-Digest`` (or is computed from the body), and a ``401`` with
-``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` is answered by fetching a token from the realm.
+Follows the distribution spec v1.1 and the Docker token auth spec
+(distribution/distribution ``docs/content/spec/auth/token.md``); answers are
+decoded by :mod:`previews.registry.sansio`. Credentials go only to the registry's own origin:
+
+- pagination ``Link`` (relative or absolute), the blob upload ``Location`` and redirects are followed only
+  on that origin; a foreign one raises :class:`CrossOriginError` naming it. The one exception is a blob
+  read (``GET``/``HEAD /v2/<name>/blobs/<digest>``), which registries commonly redirect to a storage host:
+  it is followed without any credentials, and the bytes must hash to the digest;
+- a ``401`` with ``WWW-Authenticate: Bearer realm=...`` is answered by fetching a token from the realm only
+  when the realm is ``https`` or on the registry's own origin (the username and password go there);
+- a tag list stops after ``max_pages`` pages with an error (a partial listing could make a kept tag's
+  manifest look unreferenced); a link already read ends it.
+
+One attempt per call: failures worth retrying raise :class:`TransientRegistryError` for the caller's retry.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 from pydantic import SecretStr
 
 from previews.core.names import parse_image_repository
 from previews.core.retention import Backend, ImageVersion
-from previews.errors import AuthError, RegistryError, RegistryNotFoundError, TransientRegistryError
+from previews.errors import (
+    AuthError,
+    PreviewsError,
+    RegistryError,
+    RegistryNotFoundError,
+    TransientRegistryError,
+)
+from previews.http import MAX_REDIRECTS, PageChain, check_origin, is_https, origin, redirect_location
+from previews.redact import redact_url
+from previews.registry.sansio import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Manifest,
+    check_blob,
+    decode_json_object,
+    decode_manifest,
+    decode_tags,
+    error_for,
+    parse_challenge,
+    sha256_digest,
+)
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_V2)
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+__all__ = [
+    "CREATED_LABEL",
+    "INDEX_TYPES",
+    "MANIFEST_TYPES",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Manifest",
+    "OciRegistry",
+    "OciRepository",
+    "RegistryAuth",
+    "parse_challenge",
+    "registry_url",
+]
+
 CREATED_LABEL = "org.opencontainers.image.created"
 # The OCI "empty" descriptor: a 2-byte ``{}`` blob (image-spec v1.1 guidance for artifacts without config).
 EMPTY_CONFIG = b"{}"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
-_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"', re.ASCII)
+MAX_PAGES = 1000
 _WRITE_METHODS = frozenset({"DELETE", "PUT", "POST", "PATCH"})
+_READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 def registry_url(host: str, *, insecure: bool | None = None) -> str:
@@ -51,41 +90,21 @@ def registry_url(host: str, *, insecure: bool | None = None) -> str:
     return f"{'http' if plain else 'https'}://{host}"
 
 
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """Split ``WWW-Authenticate`` into its scheme (lower case) and parameters."""
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
-
-
-def retry_after_seconds(headers: httpx.Headers, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
 class RegistryAuth(httpx.Auth):
     """Basic auth or the Bearer token challenge flow, whichever the registry asks for.
 
     Tokens are cached per access kind (read for GET/HEAD, write for PUT/DELETE) until they expire (default
-    60 s, the spec's default when ``expires_in`` is absent). Credentials are sent only to the registry's own
-    challenge realm, never put in URLs.
+    60 s, the spec's default when ``expires_in`` is absent). The username and password go to a token realm
+    only when it is ``https`` or on ``registry_origin``; another realm raises :class:`CrossOriginError`.
+    Credentials are never put in URLs.
     """
 
     requires_response_body = True
 
-    def __init__(self, username: str | None, password: SecretStr | None) -> None:
+    def __init__(self, username: str | None, password: SecretStr | None, *, registry_origin: str) -> None:
         self._username = username
         self._password = password
+        self._origin = registry_origin
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}
         self._basic = False
@@ -121,8 +140,11 @@ class RegistryAuth(httpx.Auth):
             return
         if scheme != "bearer" or not params.get("realm"):
             return
+        realm = urljoin(str(request.url), params["realm"])
+        if not is_https(realm):
+            check_origin(realm, self._origin, what=f"token realm of {self._origin}")
         query = {key: params[key] for key in ("service", "scope") if params.get(key)}
-        token_request = httpx.Request("GET", params["realm"], params=query)
+        token_request = httpx.Request("GET", realm, params=query)
         if header := self._basic_header():
             token_request.headers["Authorization"] = header
         token_response = yield token_request
@@ -142,52 +164,6 @@ class RegistryAuth(httpx.Auth):
         yield request
 
 
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """A manifest as served: its digest, media type and parsed body."""
-
-    digest: str
-    media_type: str
-    body: dict[str, Any]
-
-    @property
-    def is_index(self) -> bool:
-        """True for an OCI image index or a Docker manifest list."""
-        return self.media_type in INDEX_TYPES
-
-    @property
-    def children(self) -> tuple[str, ...]:
-        """Digests of the manifests an index references (empty for an image manifest)."""
-        if not self.is_index:
-            return ()
-        return tuple(str(m["digest"]) for m in self.body.get("manifests") or [] if isinstance(m, dict))
-
-    @property
-    def config_digest(self) -> str | None:
-        """Digest of the image config blob, or None for an index."""
-        config = self.body.get("config")
-        return str(config["digest"]) if isinstance(config, dict) and "digest" in config else None
-
-
-def _error(response: httpx.Response, what: str) -> Exception:
-    status = response.status_code
-    detail = ""
-    try:
-        errors = response.json().get("errors") or []
-        if errors and isinstance(errors[0], dict):
-            detail = f": {errors[0].get('code', '')} {errors[0].get('message', '')}".rstrip()
-    except (ValueError, AttributeError):
-        pass
-    text = f"{what}: registry answered {status}{detail}"
-    if status in (401, 403):
-        return AuthError(text, status=status)
-    if status == 404:
-        return RegistryNotFoundError(text, status=status)
-    if status == 429 or status >= 500:
-        return TransientRegistryError(text, status=status, retry_after=retry_after_seconds(response.headers))
-    return RegistryError(text, status=status)
-
-
 def _parse_time(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -202,7 +178,10 @@ def _parse_time(value: object) -> datetime | None:
 
 
 class OciRegistry:
-    """A client of one OCI registry. Every method takes the repository it acts on."""
+    """A client of one OCI registry. Every method takes the repository it acts on.
+
+    ``ca_bundle`` is a PEM file of extra trusted certificates (a registry or token realm with a private CA).
+    """
 
     def __init__(
         self,
@@ -212,14 +191,19 @@ class OciRegistry:
         password: SecretStr | None = None,
         timeout: float = 30.0,
         workers: int = 8,
+        max_pages: int = MAX_PAGES,
+        ca_bundle: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.origin = origin(self.url)
         self.workers = workers
+        self.max_pages = max_pages
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
         self._client = httpx.Client(
-            base_url=self.url,
-            auth=RegistryAuth(username, password),
+            auth=RegistryAuth(username, password, registry_origin=self.origin),
             timeout=timeout,
-            follow_redirects=True,
+            follow_redirects=False,
+            verify=verify,
             limits=httpx.Limits(max_connections=max(workers, 1) * 2),
         )
         self._configs: dict[str, dict[str, Any]] = {}
@@ -234,52 +218,65 @@ class OciRegistry:
         """Close the HTTP connections."""
         self._client.close()
 
-    def _send(self, method: str, url: str | httpx.URL, what: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._client.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise TransientRegistryError(f"{what}: {type(exc).__name__} talking to {self.url}") from exc
-        if response.status_code >= 400:
-            raise _error(response, what)
+    def _send(
+        self, method: str, url: str, what: str, *, blob: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request on the registry's origin, following its redirects; returns the 2xx answer.
+
+        ``blob`` (a digest) marks a blob read, the one request that may be redirected to another origin:
+        that hop and any after it go without credentials.
+        """
+        target = check_origin(urljoin(self.url + "/", url), self.origin, what=what)
+        anonymous = False
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                auth = None if anonymous else httpx.USE_CLIENT_DEFAULT
+                response = self._client.request(method, target, auth=auth, **kwargs)
+            except httpx.TransportError as exc:
+                raise TransientRegistryError(
+                    f"{what}: {type(exc).__name__} talking to {redact_url(self.url)}"
+                ) from exc
+            location = redirect_location(response.status_code, response.headers, target)
+            if location is None:
+                break
+            if blob is not None and method in _READ_METHODS and origin(location) != self.origin:
+                anonymous = True
+            elif not anonymous:
+                check_origin(location, self.origin, what=what)
+            target = location
+            if response.status_code == 303:
+                method, kwargs = "GET", {}
+        if not response.is_success:
+            raise error_for(
+                response.status_code, response.headers, response.content, what=what, now=time.time()
+            )
+        if anonymous and method == "GET" and blob is not None:
+            check_blob(response.content, blob, what=what)
         return response
 
     def tags(self, repository: str, *, page_size: int = 1000) -> list[str]:
-        """Every tag of ``repository``, following ``Link: <...>; rel="next"`` as given."""
+        """Every tag of ``repository``, following ``Link: <...>; rel="next"`` on the registry's origin."""
         repo = parse_image_repository(repository, field="repository")
-        url: str | httpx.URL = f"/v2/{repo}/tags/list"
-        params: dict[str, Any] | None = {"n": page_size}
+        what = f"list tags of {repo}"
+        chain = PageChain(allowed=self.origin, what=what, max_pages=self.max_pages)
+        url: str | None = f"/v2/{repo}/tags/list?n={page_size}"
         found: list[str] = []
-        seen: set[str] = set()
-        while True:
-            response = self._send("GET", url, f"list tags of {repo}", params=params)
-            found.extend(str(t) for t in response.json().get("tags") or [])
-            next_link = response.links.get("next", {}).get("url")
-            if not next_link:
-                return found
-            url = response.url.join(next_link)
-            params = None
-            if str(url) in seen:
-                raise RegistryError(f"list tags of {repo}: pagination loops at {url.path}")
-            seen.add(str(url))
+        while url is not None:
+            response = self._send("GET", url, what)
+            found.extend(decode_tags(response.content, what=what))
+            url = chain.follow(str(response.url), response.headers)
+        if chain.truncated:
+            raise RegistryError(f"{what}: more than {self.max_pages} pages; refusing a partial tag list")
+        return found
 
     def manifest(self, repository: str, reference: str) -> Manifest:
         """The manifest of a tag or digest, asking for every supported media type."""
         repo = parse_image_repository(repository, field="repository")
+        what = f"read manifest {repo}:{reference}"
         response = self._send(
-            "GET",
-            f"/v2/{repo}/manifests/{reference}",
-            f"read manifest {repo}:{reference}",
-            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+            "GET", f"/v2/{repo}/manifests/{reference}", what, headers={"Accept": ", ".join(MANIFEST_TYPES)}
         )
-        raw = response.content
-        digest = response.headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(raw).hexdigest()
-        body = json.loads(raw)
-        media_type = response.headers.get("content-type", "").split(";")[0].strip() or str(
-            body.get("mediaType", "")
-        )
-        if body.get("mediaType"):
-            media_type = str(body["mediaType"])
-        return Manifest(digest, media_type, body)
+        return decode_manifest(response.headers, response.content, what=what)
 
     def blob_json(self, repository: str, digest: str) -> dict[str, Any]:
         """A JSON blob (an image config), cached by digest."""
@@ -287,10 +284,9 @@ class OciRegistry:
         if cached is not None:
             return cached
         repo = parse_image_repository(repository, field="repository")
-        response = self._send("GET", f"/v2/{repo}/blobs/{digest}", f"read blob {repo}@{digest[:19]}")
-        data = response.json()
-        if not isinstance(data, dict):
-            raise RegistryError(f"read blob {repo}@{digest[:19]}: not a JSON object")
+        what = f"read blob {repo}@{digest[:19]}"
+        response = self._send("GET", f"/v2/{repo}/blobs/{digest}", what, blob=digest)
+        data = decode_json_object(response.content, what=what)
         self._configs[digest] = data
         return data
 
@@ -310,7 +306,7 @@ class OciRegistry:
         """True when the registry still serves the blob (``HEAD /v2/<name>/blobs/<digest>``)."""
         repo = parse_image_repository(repository, field="repository")
         try:
-            self._send("HEAD", f"/v2/{repo}/blobs/{digest}", f"check blob {repo}@{digest[:19]}")
+            self._send("HEAD", f"/v2/{repo}/blobs/{digest}", f"check blob {repo}@{digest[:19]}", blob=digest)
         except RegistryNotFoundError:
             return False
         return True
@@ -350,19 +346,48 @@ class OciRegistry:
         return None
 
     def list_versions(self, repository: str) -> list[ImageVersion]:
-        """Every tagged manifest of ``repository`` grouped by digest, with created time and children."""
+        """Every tagged manifest of ``repository`` grouped by digest, with created time and children.
+
+        A tag whose manifest cannot be read (but whose digest can) is listed with ``unreadable`` set, so the
+        planner keeps it and everything it could reference.
+        """
         tags = self.tags(repository)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            manifests = list(pool.map(lambda tag: self.manifest(repository, tag), tags))
-            by_digest: dict[str, tuple[Manifest, list[str]]] = {}
-            for tag, manifest in zip(tags, manifests, strict=True):
-                by_digest.setdefault(manifest.digest, (manifest, []))[1].append(tag)
-            entries = list(by_digest.values())
-            times = list(pool.map(lambda entry: self.created(repository, entry[0]), entries))
+            reads = list(pool.map(lambda tag: self._read(repository, tag), tags))
+            by_digest: dict[str, tuple[Manifest | str, list[str]]] = {}
+            for tag, read in zip(tags, reads, strict=True):
+                key = read.digest if isinstance(read, Manifest) else read[0]
+                by_digest.setdefault(key, (read if isinstance(read, Manifest) else read[1], []))[1].append(
+                    tag
+                )
+            entries = list(by_digest.items())
+            times = list(
+                pool.map(
+                    lambda entry: (
+                        self.created(repository, entry[1][0]) if isinstance(entry[1][0], Manifest) else None
+                    ),
+                    entries,
+                )
+            )
         return [
-            ImageVersion(m.digest, tuple(sorted(t)), created, m.children)
-            for (m, t), created in zip(entries, times, strict=True)
+            ImageVersion(digest, tuple(sorted(t)), created, m.children)
+            if isinstance(m, Manifest)
+            else ImageVersion(digest, tuple(sorted(t)), None, (), unreadable=m)
+            for (digest, (m, t)), created in zip(entries, times, strict=True)
         ]
+
+    def _read(self, repository: str, tag: str) -> Manifest | tuple[str, str]:
+        """The tag's manifest, or (its digest, why the manifest could not be read)."""
+        try:
+            return self.manifest(repository, tag)
+        except AuthError:
+            raise
+        except PreviewsError as exc:
+            try:
+                digest = self.digest(repository, tag)
+            except PreviewsError:
+                raise exc from None
+            return digest, str(exc)
 
     def delete_manifest(self, repository: str, digest: str) -> None:
         """``DELETE /v2/<name>/manifests/<digest>``: removes the manifest and every tag pointing at it."""
@@ -383,22 +408,22 @@ class OciRegistry:
             content=body,
             headers={"Content-Type": media_type},
         )
-        return response.headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+        return response.headers.get("docker-content-digest") or sha256_digest(body)
 
     def ensure_blob(self, repository: str, data: bytes) -> str:
         """Upload a small blob (monolithic POST then PUT) unless it exists; returns its digest."""
         repo = parse_image_repository(repository, field="repository")
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_digest(data)
         if self.blob_exists(repo, digest):
             return digest
         started = self._send("POST", f"/v2/{repo}/blobs/uploads/", f"start upload to {repo}")
         location = started.headers.get("location")
         if not location:
             raise RegistryError(f"start upload to {repo}: no Location header")
-        upload = started.url.join(location)
+        upload = httpx.URL(urljoin(str(started.url), location)).copy_merge_params({"digest": digest})
         self._send(
             "PUT",
-            upload.copy_merge_params({"digest": digest}),
+            str(upload),
             f"upload blob to {repo}",
             content=data,
             headers={"Content-Type": "application/octet-stream"},
@@ -464,11 +489,8 @@ class OciRepository:
             return {tag: digest for tag, digest in pool.map(resolve, names) if digest}
 
     def children_of(self, digest: str) -> tuple[str, ...]:
-        """The children of an index; empty for an image or a manifest that is gone."""
-        try:
-            return self.registry.manifest(self.repository, digest).children
-        except RegistryNotFoundError:
-            return ()
+        """The children of an index (empty for an image); raises when the manifest cannot be read."""
+        return self.registry.manifest(self.repository, digest).children
 
     def close(self) -> None:
         """Close the registry client."""

@@ -139,8 +139,10 @@ def test_option_like_or_revision_refs_are_refused(value: str) -> None:
 def test_siblings_parse() -> None:
     assert parse_siblings("common=acme/common@v2, proto=acme/proto") == (
         Sibling("common", "acme/common", "v2"),
-        Sibling("proto", "acme/proto", "main"),
+        Sibling("proto", "acme/proto", None),  # the remote's default branch, resolved at checkout
     )
+    assert str(parse_siblings("proto=acme/proto")[0]) == "proto=acme/proto"
+    assert str(parse_siblings("proto=acme/proto@v1")[0]) == "proto=acme/proto@v1"
     assert parse_siblings("") == ()
 
 

@@ -1,141 +1,176 @@
-"""The docs-only filter: gitignore-style globs, checked by tables and by real ``git diff`` output."""
+"""The path filter: GitHub Actions' ``paths`` / ``paths-ignore`` semantics, checked against every row of the
+filter cheat sheet in GitHub's workflow-syntax documentation, and against real ``git diff`` output."""
 
 from __future__ import annotations
 
-import subprocess
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from previews.core.paths import DEFAULT_PATHS_IGNORE, PathFilter, docs_only, parse_globs
+from previews.core.paths import DEFAULT_PATHS_IGNORE, PathFilter, choose_filter, compile_pattern
 from previews.errors import ValidationError
 from tests.support.services import git
 
-DEFAULT = list(DEFAULT_PATHS_IGNORE)
+CHEAT_SHEET = Path(__file__).parents[1] / "fixtures/github/actions/path-filter-cheat-sheet.json"
+DEFAULT = PathFilter.of("paths-ignore", DEFAULT_PATHS_IGNORE)
+
+
+def _rows() -> list[Any]:
+    sheet = json.loads(CHEAT_SHEET.read_text())
+    rows = []
+    for table in ("path_patterns", "branch_tag_patterns"):
+        for row in sheet[table]:
+            rows.extend(
+                pytest.param(row["patterns"], name, True, id=f"{table}:{row['patterns']}:{name}")
+                for name in row["matches"]
+            )
+            rows.extend(
+                pytest.param(row["patterns"], name, False, id=f"{table}:{row['patterns']}:not:{name}")
+                for name in row["does_not_match"]
+            )
+    return rows
+
+
+CHEAT_SHEET_ROWS = _rows()
+
+
+def test_the_table_covers_every_row_of_the_cheat_sheet() -> None:
+    sheet = json.loads(CHEAT_SHEET.read_text())
+    rows = [*sheet["path_patterns"], *sheet["branch_tag_patterns"]]
+    assert len(rows) == 23
+    assert len(CHEAT_SHEET_ROWS) == sum(len(r["matches"]) + len(r["does_not_match"]) for r in rows)
+
+
+@pytest.mark.parametrize(("patterns", "path", "matched"), CHEAT_SHEET_ROWS)
+def test_cheat_sheet(patterns: list[str], path: str, matched: bool) -> None:
+    """Each example of GitHub's "Filter pattern cheat sheet": the ordered patterns match it, or not."""
+    assert PathFilter.of("paths", patterns).matches(path) is matched
 
 
 @pytest.mark.parametrize(
-    ("globs", "path", "ignored"),
+    ("patterns", "path", "matched"),
     [
-        # the defaults
-        (DEFAULT, "docs/index.md", True),
-        (DEFAULT, "docs/img/arch.png", True),
-        (DEFAULT, "README.md", True),
-        (DEFAULT, "src/pkg/NOTES.md", True),
-        (DEFAULT, "src/app.py", False),
-        (DEFAULT, "Dockerfile", False),
-        (DEFAULT, "documentation/x.txt", False),
-        (DEFAULT, "src/docs/guide.rst", False),  # docs/** is anchored: it has a slash in the middle
-        (DEFAULT, "README.markdown", False),
-        (DEFAULT, "docs", False),  # a file named docs, not the directory's contents
-        # no slash: matches at any depth
-        (["*.txt"], "notes.txt", True),
-        (["*.txt"], "a/b/c.txt", True),
-        (["*.txt"], "a/b/c.txt.bak", False),
-        (["docs"], "docs/a.md", True),  # a directory name covers everything below it
-        (["docs"], "pkg/docs/a.md", True),
-        (["docs"], "pkg/docsite/a.md", False),
-        # leading slash anchors
-        (["/CHANGELOG"], "CHANGELOG", True),
-        (["/CHANGELOG"], "sub/CHANGELOG", False),
-        (["/docs/*.md"], "docs/a.md", True),
-        (["/docs/*.md"], "docs/deep/a.md", False),
-        (["docs/*.md"], "docs/deep/a.md", False),
-        # trailing slash: directories only
-        (["docs/"], "docs/a.md", True),
-        (["docs/"], "src/docs/a.md", True),
-        (["docs/"], "docs", False),
+        # what the issue measured: gitignore rules skipped these, Actions builds them
+        (["*.md"], "sub/README.md", False),
+        (["docs/*"], "docs/a/b.md", False),
+        (["docs/**"], "docs/a/b.md", True),
+        # anchored at the root, whole path
+        (["docs/*"], "a/docs/x", False),
+        (["README.md"], "x/README.md", False),
+        (["src"], "src/app.py", False),  # a directory name is not a prefix
+        (["src/**"], "src", False),
         # ** forms
-        (["**/*.md"], "a.md", True),
-        (["**/*.md"], "x/y/z.md", True),
-        (["**/fixtures/**"], "tests/fixtures/data.json", True),
-        (["**/fixtures/**"], "fixtures/data.json", True),
-        (["a/**/b.txt"], "a/b.txt", True),
-        (["a/**/b.txt"], "a/x/y/b.txt", True),
-        (["a/**/b.txt"], "z/a/b.txt", False),
-        (["**"], "anything/at/all.py", True),
-        # ? and classes never cross a slash
-        (["doc?.md"], "docs.md", True),
-        (["doc?/x"], "doc/x", False),
-        (["*.[ch]"], "src/main.c", True),
-        (["*.[!ch]"], "src/main.c", False),
-        (["*.[!ch]"], "src/main.o", True),
-        (["a*"], "a/b", True),  # matches the directory "a"
-        (["*"], "x/y", True),
-        # negation re-includes; the last match wins
-        (["docs/**", "!docs/Dockerfile"], "docs/Dockerfile", False),
-        (["docs/**", "!docs/Dockerfile"], "docs/index.md", True),
-        (["**/*.md", "!CHANGELOG.md"], "CHANGELOG.md", False),
-        (["**/*.md", "!CHANGELOG.md", "CHANGELOG.md"], "CHANGELOG.md", True),
-        (["!src/a.py"], "src/a.py", False),
-        # escapes, comments, blanks
-        ([r"\!important.txt"], "!important.txt", True),
-        ([r"\#notes"], "#notes", True),
-        (["# a comment", "", "  "], "# a comment", False),
-        (["*.md"], "./docs/a.md", True),
-        (["file with spaces.txt"], "dir/file with spaces.txt", True),
-        (["*.md"], "docs/ünïcode.md", True),
+        (["**/README.md"], "a/b/README.md", True),
+        (["**"], "", True),
+        (["a/**/b"], "a/b", True),
+        (["a/**/b"], "a/x/y/b", True),
+        (["a**b"], "a/x/b", True),
+        # ? and + on the preceding character; literal as the first character
+        (["*.jsx?"], "page.jsxx", False),
+        (["v1+"], "v111", True),
+        (["v1+"], "v", False),
+        (["?x"], "?x", True),
+        (["?x"], "ax", False),
+        (["+x"], "+x", True),
+        (["[0-9]+.txt"], "2024.txt", True),
+        (["a/?"], "a", True),  # the slash is optional
+        # classes
+        (["[CB]at"], "Cat", True),
+        (["[CB]at"], "cat", False),
+        (["[1-2]00"], "300", False),
+        (["file[0-9a-z]"], "filex", True),
+        # escapes and literal characters
+        (["\\*.md"], "*.md", True),
+        (["\\*.md"], "a.md", False),
+        (["a.b"], "axb", False),
+        (["{a,b}.txt"], "a.txt", False),  # no brace expansion
+        (["{a,b}.txt"], "{a,b}.txt", True),
+        ([".github/**"], ".github/workflows/ci.yml", True),  # no dot-file rule
+        # ! anywhere but first is literal; order decides
+        (["a!b"], "a!b", True),
+        (["docs/**", "!docs/api/**"], "docs/api/x.md", False),
+        (["docs/**", "!docs/api/**", "docs/api/keep.md"], "docs/api/keep.md", True),
+        (["!docs/**", "docs/**"], "docs/x", True),
+        # case sensitive
+        (["*.MD"], "README.md", False),
     ],
 )
-def test_gitignore_semantics(globs: list[str], path: str, ignored: bool) -> None:
-    assert PathFilter(globs).ignores(path) is ignored
+def test_more_semantics(patterns: list[str], path: str, matched: bool) -> None:
+    assert PathFilter.of("paths", patterns).matches(path) is matched
+
+
+def test_paths_ignore_skips_only_when_every_path_matches() -> None:
+    ignore = PathFilter.of("paths-ignore", ["docs/**", "*.md"])
+    assert not ignore.decide(["docs/a.md", "README.md"]).build
+    decision = ignore.decide(["docs/a.md", "sub/README.md"])
+    assert decision.build
+    assert decision.deciding == ("sub/README.md",)
+    assert "1 of 2 changed paths are outside PREVIEWS_PATHS_IGNORE" in decision.reason
+
+
+def test_paths_builds_when_any_path_is_included() -> None:
+    include = PathFilter.of("paths", ["sub-project/**", "!sub-project/docs/**"])
+    assert include.decide(["sub-project/index.js"]).build
+    assert include.decide(["sub-project/src/index.js", "README.md"]).build
+    only_docs = include.decide(["sub-project/docs/readme.md"])
+    assert not only_docs.build
+    assert only_docs.reason == "none of the 1 changed paths match PREVIEWS_PATHS"
+
+
+def test_an_empty_filter_builds_everything() -> None:
+    assert choose_filter(paths=None, paths_ignore="").decide(["docs/a.md"]).build
+    assert choose_filter(paths="", paths_ignore=None).decide(["docs/a.md"]).build
+
+
+def test_the_default_is_the_docs_paths_ignore_list() -> None:
+    chosen = choose_filter(paths=None, paths_ignore=None)
+    assert chosen == DEFAULT
+    assert not chosen.decide(["README.md", "docs/x/y.png", "src/NOTES.md"]).build
+    assert chosen.decide(["src/app.py", "README.md"]).build
+
+
+def test_both_settings_is_a_configuration_error() -> None:
+    with pytest.raises(ValidationError, match="PREVIEWS_PATHS and PREVIEWS_PATHS_IGNORE are both set"):
+        choose_filter(paths="src/**", paths_ignore="docs/**")
+
+
+def test_paths_needs_a_positive_pattern() -> None:
+    with pytest.raises(ValidationError, match="PREVIEWS_PATHS: has only '!' patterns"):
+        choose_filter(paths="!docs/**", paths_ignore=None)
+
+
+def test_settings_split_on_commas() -> None:
+    chosen = choose_filter(paths=" src/** , ,!src/docs/** ", paths_ignore=None)
+    assert [p.text for p in chosen.patterns] == ["src/**", "!src/docs/**"]
+    assert chosen.mode == "paths"
 
 
 @pytest.mark.parametrize(
-    ("changed", "expected"),
+    ("pattern", "reason"),
     [
-        ([], False),  # nothing to compare: build
-        (["docs/a.md"], True),
-        (["docs/a.md", "README.md", "pkg/CHANGES.md"], True),
-        (["docs/a.md", "src/app.py"], False),
-        (["Dockerfile"], False),
+        ("a[b", "unclosed"),
+        ("a[]", "may hold only"),
+        ("a[!b]", "may hold only"),
+        ("a[a-Z]", "may hold only"),
+        ("a[_]", "may hold only"),
+        ("*+", "must follow a character"),
+        ("**?", "must follow a character"),
+        ("a?+", "must follow a character"),
+        ("a\\", "lone backslash"),
+        ("!", "empty pattern"),
     ],
 )
-def test_docs_only_with_defaults(changed: list[str], expected: bool) -> None:
-    assert docs_only(changed, DEFAULT) is expected
-
-
-def test_no_globs_means_every_change_builds() -> None:
-    assert docs_only(["docs/a.md"], []) is False
-
-
-def test_relevant_lists_the_paths_that_force_a_build() -> None:
-    assert PathFilter(DEFAULT).relevant(["docs/a.md", "src/app.py", "x.md", "Dockerfile"]) == [
-        "src/app.py",
-        "Dockerfile",
-    ]
-
-
-def test_parse_globs_from_the_environment_value() -> None:
-    assert parse_globs(" docs/** , **/*.md,,*.txt ") == ("docs/**", "**/*.md", "*.txt")
-    assert parse_globs(None) == ()
-    assert parse_globs(["a", " ", "b "]) == ("a", "b")
+def test_malformed_patterns_are_refused_naming_the_setting(pattern: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason) as caught:
+        compile_pattern(pattern, setting="PREVIEWS_PATHS")
+    assert caught.value.field == "PREVIEWS_PATHS"
 
 
 def test_a_single_string_is_refused_instead_of_iterated_by_character() -> None:
-    with pytest.raises(ValidationError) as info:
-        PathFilter("docs/**")
-    assert info.value.field == "paths_ignore"
-
-
-@pytest.mark.parametrize("glob", ["/", "a[b", "docs/[!"])
-def test_unusable_globs_are_refused(glob: str) -> None:
-    with pytest.raises(ValidationError, match="paths_ignore"):
-        PathFilter([glob])
-
-
-def test_the_table_agrees_with_git_check_ignore(tmp_path: Path) -> None:
-    """Every row of the semantics table gives the answer git itself gives for a .gitignore."""
-    git("init", "-q", str(tmp_path))
-    table = test_gitignore_semantics.pytestmark[0].args[1]
-    disagreements = []
-    for globs, path, ignored in table:
-        (tmp_path / ".gitignore").write_text("\n".join(globs) + "\n")
-        proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=tmp_path, check=False)
-        if (proc.returncode == 0) is not ignored:
-            disagreements.append((globs, path, ignored))
-    assert len(table) > 40
-    assert disagreements == []
+    with pytest.raises(ValidationError):
+        PathFilter.of("paths-ignore", "docs/**")
 
 
 # --- real diffs -------------------------------------------------------------------------------------------
@@ -185,13 +220,13 @@ def test_real_diff_docs_only_change_is_skipped(repo: Path) -> None:
     )
     changed = _changed(repo, base, head)
     assert sorted(changed) == ["README.md", "docs/index.md", "docs/new/page.md"]
-    assert docs_only(changed, DEFAULT) is True
+    assert not DEFAULT.decide(changed).build
 
 
 def test_real_diff_with_code_builds(repo: Path) -> None:
     base = git("rev-parse", "HEAD", cwd=repo)
     head = _commit(repo, {"docs/index.md": "more\n", "src/app.py": "print('bye')\n"}, "code and docs")
-    assert docs_only(_changed(repo, base, head), DEFAULT) is False
+    assert DEFAULT.decide(_changed(repo, base, head)).build
 
 
 def test_real_diff_moving_code_into_docs_builds(repo: Path) -> None:
@@ -202,13 +237,13 @@ def test_real_diff_moving_code_into_docs_builds(repo: Path) -> None:
     head = git("rev-parse", "HEAD", cwd=repo)
     changed = _changed(repo, base, head)
     assert sorted(changed) == ["docs/app.py", "src/app.py"]
-    assert docs_only(changed, DEFAULT) is False
+    assert DEFAULT.decide(changed).build
 
 
 def test_real_diff_deleting_docs_is_docs_only(repo: Path) -> None:
     base = git("rev-parse", "HEAD", cwd=repo)
     head = _commit(repo, {"docs/conf.py": None}, "drop sphinx conf")
-    assert docs_only(_changed(repo, base, head), DEFAULT) is True
+    assert not DEFAULT.decide(_changed(repo, base, head)).build
 
 
 def test_real_diff_over_300_files_is_complete(repo: Path) -> None:
@@ -219,8 +254,8 @@ def test_real_diff_over_300_files_is_complete(repo: Path) -> None:
     head = _commit(repo, files, "many")
     changed = _changed(repo, base, head)
     assert len(changed) == 401
-    assert docs_only(changed, DEFAULT) is False
-    assert docs_only([p for p in changed if p != "zz/last.py"], DEFAULT) is True
+    assert DEFAULT.decide(changed).build
+    assert not DEFAULT.decide([p for p in changed if p != "zz/last.py"]).build
 
 
 def test_real_diff_unusual_file_names(repo: Path) -> None:
@@ -228,11 +263,15 @@ def test_real_diff_unusual_file_names(repo: Path) -> None:
     head = _commit(repo, {"docs/ä b\tc.md": "x\n", "notes/ünï code.txt": "y\n"}, "odd names")
     changed = _changed(repo, base, head)
     assert sorted(changed) == ["docs/ä b\tc.md", "notes/ünï code.txt"]
-    assert docs_only(changed, DEFAULT) is False
-    assert docs_only(changed, [*DEFAULT, "*.txt"]) is True
+    assert DEFAULT.decide(changed).build
+    assert not PathFilter.of("paths-ignore", [*DEFAULT_PATHS_IGNORE, "**.txt"]).decide(changed).build
+    assert PathFilter.of("paths-ignore", [*DEFAULT_PATHS_IGNORE, "*.txt"]).decide(changed).build
 
 
 def test_real_diff_empty_between_equal_commits_builds(repo: Path) -> None:
+    """Actions would not run with no changed file; previews builds (a wrong skip is a missing preview)."""
     head = git("rev-parse", "HEAD", cwd=repo)
     assert _changed(repo, head, head) == []
-    assert docs_only([], DEFAULT) is False
+    decision = DEFAULT.decide([])
+    assert decision.build
+    assert decision.reason == "no changed files to filter (base and head trees are equal)"

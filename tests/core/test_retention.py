@@ -207,6 +207,47 @@ def test_ghcr_actions_use_version_ids_and_skip_versions_without_one() -> None:
     assert decision(plan, "pr-2-abcdef0") == (Verdict.KEEP, Reason.NO_VERSION_ID)
 
 
+def test_a_kept_index_whose_references_cannot_be_read_blocks_every_deletion() -> None:
+    """Fail closed (issue 13): a kept index read that failed must not make its children look unreferenced."""
+    child_a, child_b = digest(10), digest(11)
+    versions = [
+        ImageVersion(digest(1), ("pr-1-abcdef0",), ago(days=2), (child_a, child_b), version_id=1),
+        ImageVersion(digest(2), ("latest",), ago(days=2), version_id=2, unreadable="registry answered 404"),
+        ImageVersion(child_a, (), ago(days=2), version_id=10),
+        ImageVersion(child_b, (), ago(days=2), version_id=11),
+        ImageVersion(digest(3), ("pr-3-1234567",), ago(days=90), version_id=3),  # unrelated, past the TTL
+    ]
+    for backend, untag in [(Backend.OCI, True), (Backend.GHCR, False)]:
+        plan = plan_retention(versions, {1: closed(48)}, now=NOW, backend=backend, supports_untag=untag)
+        assert plan.actions == ()
+        assert plan.deleted_digests == frozenset()
+        assert decision(plan, "latest") == (Verdict.KEEP, Reason.REFERENCES_UNREADABLE)
+        assert decision(plan, "pr-1-abcdef0") == (Verdict.KEEP, Reason.BLOCKED_BY_UNREADABLE)
+        assert decision(plan, "pr-3-1234567") == (Verdict.KEEP, Reason.BLOCKED_BY_UNREADABLE)
+        blocked = next(d for d in plan.decisions if d.tag == "pr-1-abcdef0")
+        assert blocked.wanted is Reason.CLOSED_PAST_GRACE
+        assert plan.unreadable == {digest(2): "registry answered 404"}
+        assert plan.counts["keep: its references could not be read"] == 1
+
+
+def test_an_unreadable_version_is_kept_even_when_its_tags_would_go() -> None:
+    versions = [ImageVersion(digest(1), ("pr-1-abcdef0",), ago(days=90), unreadable="registry answered 400")]
+    plan = plan_retention(versions, {1: closed(2000)}, now=NOW)
+    assert decision(plan, "pr-1-abcdef0") == (Verdict.KEEP, Reason.REFERENCES_UNREADABLE)
+    assert plan.decisions[0].wanted is Reason.TTL_EXPIRED
+    assert plan.actions == ()
+
+
+def test_a_tag_on_a_staying_digest_may_still_be_untagged_while_references_are_unknown() -> None:
+    """Untagging deletes no manifest anyone references, so it stays allowed."""
+    versions = [
+        ImageVersion(digest(1), ("pr-1-abcdef0", "main-1"), ago(days=2)),
+        ImageVersion(digest(2), ("stable",), ago(days=2), unreadable="registry answered 500"),
+    ]
+    plan = plan_retention(versions, {1: closed(48)}, now=NOW, supports_untag=True)
+    assert [(a.kind, a.tags) for a in plan.actions] == [(ActionKind.UNTAG, ("pr-1-abcdef0",))]
+
+
 def test_pr_state_callable_is_called_once_per_pr() -> None:
     calls: list[int] = []
 
@@ -278,6 +319,7 @@ def registries(draw: st.DrawFn) -> list[ImageVersion]:
                 None if hours is None else NOW - timedelta(hours=hours),
                 children,
                 version_id=draw(st.one_of(st.none(), st.just(1000 + i))),
+                unreadable=draw(st.sampled_from([None] * 9 + ["registry answered 404"])),
             )
         )
     return versions
@@ -347,6 +389,12 @@ def test_plan_never_breaks_a_kept_image(
     if not supports_untag:
         assert all(a.kind is not ActionKind.UNTAG for a in plan.actions)
     assert sum(plan.counts.values()) == len(plan.decisions)
+
+    # Fail closed: a manifest whose references are unknown stays, and then no manifest is deleted at all.
+    unreadable = {v.digest for v in versions if v.unreadable is not None}
+    if unreadable:
+        assert deleted == frozenset()
+        assert not any(by_digest[d].tags and set(by_digest[d].tags) & removed for d in unreadable)
 
 
 def test_plan_of_100k_versions_is_fast() -> None:

@@ -432,8 +432,9 @@ def test_two_workers_share_runs_without_running_one_twice(
         filters={"type": "container", "event": "create", "label": "io.prefect.flow-run-id"},
         decode=True,
     )
+    ours = {str(r.id) for r in runs}  # the engine may be shared: other flow runs' containers are not ours
     created = [e["Actor"]["Attributes"]["io.prefect.flow-run-id"] for e in events]
-    assert sorted(created) == sorted(str(r.id) for r in runs)  # one container per run, none twice
+    assert sorted(c for c in created if c in ours) == sorted(ours)  # one container per run, none twice
 
     first, second = (w.submitted() for w in workers)
     assert first.isdisjoint(second)

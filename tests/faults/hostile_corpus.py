@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from previews.github.webhooks import sign
+from previews.signature import sign
 from tests.support.fixtures import FIXTURES
 from tests.support.webhooks import SECRET, synchronize_payload
 

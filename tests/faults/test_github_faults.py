@@ -113,7 +113,9 @@ DISPATCH_FAULTS: dict[str, Callable[[FakeGitHub, str], object]] = {
         "POST", path, retry_after=1, times=2
     ),
     "429-retry-after": lambda gh, path: gh.secondary_rate_limit("POST", path, retry_after=1, status=429),
-    "malformed-json-5xx": lambda gh, path: gh.malformed_json("POST", path, status=500, times=3),
+    # Two faults: the GitHub client makes one attempt per call, so the notify-infra task's retries (2) are
+    # the whole budget.
+    "malformed-json-5xx": lambda gh, path: gh.malformed_json("POST", path, status=500, times=2),
 }
 
 

@@ -9,7 +9,7 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
-from previews.errors import AuthError, GitHubNotFoundError, ValidationError
+from previews.errors import AuthError, GitHubNotFoundError, TransientGitHubError, ValidationError
 from previews.github.app_auth import AppCredentials, InstallationToken, InstallationTokenCache, app_jwt
 from previews.github.client import GitHubClient
 from previews.settings import Settings
@@ -22,7 +22,7 @@ TOKENS = "/app/installations/67890/access_tokens"
 
 def app_client(gh: FakeGitHub, key: str, **kwargs: object) -> GitHubClient:
     creds = AppCredentials(app_id=12345, private_key=SecretStr(key), installation_id=67890)
-    return GitHubClient(base_url=gh.url, app=creds, backoff=0.01, **kwargs)  # type: ignore[arg-type]
+    return GitHubClient(base_url=gh.url, app=creds, **kwargs)  # type: ignore[arg-type]
 
 
 def test_jwt_claims_follow_githubs_rules() -> None:
@@ -156,10 +156,13 @@ def test_an_unknown_installation_is_not_found(gh: FakeGitHub) -> None:
 
 
 def test_token_minting_survives_a_server_error(gh: FakeGitHub) -> None:
+    """A 5xx while minting is one transient attempt; the caller's next call mints and reads."""
     key = gh.enable_app()
     gh.add_pull(REPO, 1, head_sha=HEAD)
     gh.fail_server_error("POST", TOKENS, times=1)
     with app_client(gh, key) as c:
+        with pytest.raises(TransientGitHubError):
+            c.get_pull(REPO, 1)
         assert c.get_pull(REPO, 1).number == 1
     assert [r.status for r in gh.requests_to("POST", TOKENS)] == [502, 201]
 

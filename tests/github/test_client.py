@@ -1,4 +1,4 @@
-"""GitHubClient against the fake GitHub API: requests sent, answers parsed, errors mapped, retries bounded."""
+"""GitHubClient against the fake GitHub API: requests sent, answers parsed, errors mapped, one attempt per call."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from previews.errors import (
     AuthError,
+    CrossOriginError,
     GitHubError,
     GitHubNotFoundError,
     GitHubUnprocessableError,
@@ -19,6 +20,7 @@ from previews.errors import (
     ValidationError,
 )
 from previews.github.client import GitHubClient, PullRequestInfo
+from previews.github.sansio import error_for
 from previews.settings import Settings
 from tests.support.fake_github import FakeGitHub
 from tests.support.fixtures import FIXTURES
@@ -31,7 +33,7 @@ PULL = "/repos/Acme/App/pulls/7"
 
 
 def client(gh: FakeGitHub, **kwargs: object) -> GitHubClient:
-    options: dict[str, object] = {"base_url": gh.url, "token": SecretStr(gh.token), "backoff": 0.01}
+    options: dict[str, object] = {"base_url": gh.url, "token": SecretStr(gh.token)}
     options.update(kwargs)
     return GitHubClient(**options)  # type: ignore[arg-type]
 
@@ -132,7 +134,7 @@ def test_permanent_errors_are_mapped_and_not_retried(
 ) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
     gh.fail("GET", PULL, status=status, body=body, headers=headers, times=5)
-    with client(gh, max_retries=3) as c, pytest.raises(error) as info:
+    with client(gh) as c, pytest.raises(error) as info:
         c.get_pull(REPO, 7)
     assert isinstance(info.value, PermanentError)
     assert fragment in str(info.value)
@@ -149,7 +151,9 @@ def test_422_keeps_githubs_error_details(gh: FakeGitHub) -> None:
             json={"state": "done", "context": "x"},
             headers={"Authorization": f"Bearer {gh.token}"},
         )
-        error = c._map_error("GitHub POST /x", response)
+        error = error_for(
+            response.status_code, response.headers, response.content, where="GitHub POST /x", now=time.time()
+        )
     assert isinstance(error, GitHubUnprocessableError)
     assert error.errors == [
         {
@@ -170,58 +174,47 @@ def test_real_recorded_404_body_from_the_fake(gh: FakeGitHub) -> None:
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_server_errors_are_retried_then_succeed(gh: FakeGitHub, status: int) -> None:
+def test_a_server_error_is_one_transient_attempt_and_the_next_call_succeeds(
+    gh: FakeGitHub, status: int
+) -> None:
+    """Retrying is the caller's (Prefect task retries): the client sends one request per call."""
     gh.add_pull(REPO, 7, head_sha=HEAD)
-    gh.fail_server_error("GET", PULL, times=2, status=status)
-    slept: list[float] = []
-    with client(gh, max_retries=2, backoff=0.01, sleep=slept.append) as c:
+    gh.fail_server_error("GET", PULL, times=1, status=status)
+    with client(gh) as c:
+        with pytest.raises(TransientGitHubError) as info:
+            c.get_pull(REPO, 7)
+        assert info.value.status == status
+        assert str(status) in str(info.value)
+        assert len(gh.requests_to("GET", PULL)) == 1
         assert c.get_pull(REPO, 7).head_sha == HEAD
-    assert len(gh.requests_to("GET", PULL)) == 3
-    assert slept == [0.01, 0.02]  # exponential backoff
+    assert len(gh.requests_to("GET", PULL)) == 2
 
 
-def test_server_errors_beyond_the_retry_budget_raise_transient(gh: FakeGitHub) -> None:
+def test_reading_one_pull_request_makes_one_request_whatever_fails(gh: FakeGitHub) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
     gh.fail_server_error("GET", PULL, times=10, status=503)
-    with client(gh, max_retries=2) as c, pytest.raises(TransientGitHubError) as info:
+    with client(gh) as c, pytest.raises(TransientGitHubError):
         c.get_pull(REPO, 7)
-    assert info.value.status == 503
-    assert "503" in str(info.value)
-    assert len(gh.requests_to("GET", PULL)) == 3
-
-
-def test_secondary_rate_limit_honours_retry_after(gh: FakeGitHub) -> None:
-    gh.add_pull(REPO, 7, head_sha=HEAD)
-    gh.secondary_rate_limit("GET", PULL, retry_after=1, status=403)
-    start = time.monotonic()
-    with client(gh, backoff=0.0) as c:
-        assert c.get_pull(REPO, 7).number == 7
-    elapsed = time.monotonic() - start
-    assert 1.0 <= elapsed < 3.0  # waited the second GitHub asked for, with real sleep
-    first, second = gh.requests_to("GET", PULL)
-    assert (first.status, second.status) == (403, 200)
+    assert len(gh.requests_to("GET", PULL)) == 1
 
 
 @pytest.mark.parametrize("status", [403, 429])
 def test_rate_limits_are_transient_with_retry_after(gh: FakeGitHub, status: int) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
     gh.secondary_rate_limit("GET", PULL, retry_after=7, status=status, times=10)
-    slept: list[float] = []
-    with client(gh, max_retries=1, sleep=slept.append) as c, pytest.raises(TransientGitHubError) as info:
+    with client(gh) as c, pytest.raises(TransientGitHubError) as info:
         c.get_pull(REPO, 7)
-    assert slept == [7.0]
     assert info.value.retry_after == 7.0
     assert info.value.status == status
     assert "rate limited" in str(info.value)
+    assert len(gh.requests_to("GET", PULL)) == 1
 
 
-def test_a_wait_longer_than_allowed_is_left_to_the_caller(gh: FakeGitHub) -> None:
+def test_a_long_retry_after_is_handed_to_the_caller(gh: FakeGitHub) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
     gh.secondary_rate_limit("GET", PULL, retry_after=120)
-    slept: list[float] = []
-    with client(gh, max_retry_wait=30, sleep=slept.append) as c, pytest.raises(TransientGitHubError) as info:
+    with client(gh) as c, pytest.raises(TransientGitHubError) as info:
         c.get_pull(REPO, 7)
-    assert slept == []
     assert info.value.retry_after == 120.0
     assert len(gh.requests_to("GET", PULL)) == 1
 
@@ -236,46 +229,42 @@ def test_secondary_limit_without_retry_after_waits_a_minute(gh: FakeGitHub) -> N
 
 def test_primary_rate_limit_waits_until_reset(gh: FakeGitHub) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
-    gh.primary_rate_limit("GET", PULL, reset_in=20)
     now = time.time()
-    slept: list[float] = []
-    with client(gh, clock=lambda: now, sleep=slept.append) as c:
+    gh.primary_rate_limit("GET", PULL, reset_in=20)
+    with client(gh, clock=lambda: now) as c, pytest.raises(TransientGitHubError) as info:
         c.get_pull(REPO, 7)
-    assert len(slept) == 1
-    assert 19 <= slept[0] <= 22  # until x-ratelimit-reset, plus a second
+    assert info.value.retry_after is not None
+    assert 19 <= info.value.retry_after <= 21  # until x-ratelimit-reset (whole seconds)
+    assert info.value.status == 403
 
 
-def test_429_without_headers_is_transient_with_backoff(gh: FakeGitHub) -> None:
+def test_429_without_headers_waits_the_documented_minute(gh: FakeGitHub) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
     gh.fail("GET", PULL, status=429, body={"message": "Too Many Requests"})
-    slept: list[float] = []
-    with client(gh, backoff=0.5, sleep=slept.append) as c:
+    with client(gh) as c, pytest.raises(TransientGitHubError) as info:
         c.get_pull(REPO, 7)
-    assert slept == [0.5]
+    assert (info.value.status, info.value.retry_after) == (429, 60.0)
 
 
-def test_malformed_json_on_success_is_retried_then_reported_clearly(gh: FakeGitHub) -> None:
+def test_malformed_json_on_success_is_transient_and_reported_clearly(gh: FakeGitHub) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
     gh.malformed_json("GET", PULL, times=1)
     with client(gh) as c:
+        with pytest.raises(TransientGitHubError, match="not JSON"):
+            c.get_pull(REPO, 7)
         assert c.get_pull(REPO, 7).number == 7
-    gh.malformed_json("GET", PULL, times=10)
-    with client(gh, max_retries=1) as c, pytest.raises(TransientGitHubError, match="not JSON"):
-        c.get_pull(REPO, 7)
 
 
 def test_malformed_json_on_an_error_status_still_maps_the_status(gh: FakeGitHub) -> None:
     gh.add_pull(REPO, 7, head_sha=HEAD)
     gh.fail("GET", PULL, status=502, raw=b"<html><body><h1>502 Bad Gateway</h1></body></html>", times=10)
-    with client(gh, max_retries=0) as c, pytest.raises(TransientGitHubError, match="502 <html>"):
+    with client(gh) as c, pytest.raises(TransientGitHubError, match="502 <html>"):
         c.get_pull(REPO, 7)
 
 
 def test_connection_refused_is_transient() -> None:
     with (
-        GitHubClient(
-            base_url=f"http://127.0.0.1:{free_port()}", token=SecretStr("t"), max_retries=1, backoff=0.01
-        ) as c,
+        GitHubClient(base_url=f"http://127.0.0.1:{free_port()}", token=SecretStr("t")) as c,
         pytest.raises(TransientGitHubError, match="connection failed"),
     ):
         c.get_pull(REPO, 7)
@@ -286,7 +275,7 @@ def test_timeout_is_transient() -> None:
         raise httpx.ReadTimeout("read timed out", request=request)
 
     with (
-        GitHubClient(token=SecretStr("t"), transport=httpx.MockTransport(slow), max_retries=0) as c,
+        GitHubClient(token=SecretStr("t"), transport=httpx.MockTransport(slow)) as c,
         pytest.raises(TransientGitHubError, match="timed out"),
     ):
         c.get_pull(REPO, 7)
@@ -298,9 +287,11 @@ def test_token_never_appears_in_errors_or_logs(gh: FakeGitHub, caplog: pytest.Lo
     gh.fail_server_error("GET", PULL, times=1)
     caplog.set_level(logging.DEBUG)
     with client(gh, token=SecretStr(secret)) as c:
+        with pytest.raises(TransientGitHubError) as first:
+            c.get_pull(REPO, 7)  # the 5xx, with the token sent
         with pytest.raises(AuthError) as info:
             c.get_pull(REPO, 7)  # the fake does not know this token: 401
-        text = f"{info.value!r} {info.value} {c!r}"
+        text = f"{first.value!r} {first.value} {info.value!r} {info.value} {c!r}"
     assert secret not in text
     assert secret not in caplog.text
     assert all(secret not in r.path + r.query for r in gh.requests)
@@ -326,8 +317,9 @@ def test_pagination_follows_link_headers(gh: FakeGitHub) -> None:
 
 
 def test_pagination_refuses_to_follow_a_link_to_another_host(gh: FakeGitHub) -> None:
-    with client(gh) as c, pytest.raises(GitHubError, match="outside"):
+    with client(gh) as c, pytest.raises(CrossOriginError, match=r"evil\.example") as info:
         c.request("GET", "https://evil.example/repos/x/y/pulls?page=2")
+    assert info.value.origin == "https://evil.example:443"
     assert gh.requests == []
 
 

@@ -14,12 +14,15 @@ from previews.errors import (
     AuthError,
     GitHubNotFoundError,
     InfraNotifyError,
+    SignatureError,
+    TransientGitHubError,
     TransientInfraNotifyError,
     ValidationError,
 )
 from previews.github import infra
 from previews.github.client import GitHubClient, validate_dispatch
 from previews.settings import Settings
+from previews.signature import verify_signature
 from tests.support.fake_github import FakeGitHub, InfraWebhookReceiver
 
 REPO = "Acme/App"
@@ -34,7 +37,7 @@ DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 @pytest.fixture
 def github(gh: FakeGitHub) -> Iterator[GitHubClient]:
     gh.add_repo(INFRA)
-    with GitHubClient(base_url=gh.url, token=SecretStr(gh.token), backoff=0.01) as client:
+    with GitHubClient(base_url=gh.url, token=SecretStr(gh.token)) as client:
         yield client
 
 
@@ -143,8 +146,11 @@ def test_dispatch_to_an_unknown_infra_repository_is_not_found(gh: FakeGitHub, gi
 
 
 def test_dispatch_survives_a_transient_server_error(gh: FakeGitHub, github: GitHubClient) -> None:
+    """One attempt raises the transient error for the task's retry; the retry sends the dispatch once."""
     gh.add_pull(REPO, 7, head_sha=NEW)
     gh.fail_server_error("POST", f"/repos/{INFRA}/dispatches", times=1)
+    with pytest.raises(TransientGitHubError):
+        create(infra.GitHubDispatchTarget(github, INFRA), github)
     assert create(infra.GitHubDispatchTarget(github, INFRA), github).sent is True
     assert len(gh.dispatches) == 1
 
@@ -241,10 +247,14 @@ def test_webhook_target_signs_the_raw_body(receiver: InfraWebhookReceiver) -> No
     (hook,) = receiver.received
     assert hook.headers["content-type"] == "application/json"
     assert hook.headers["x-previews-event"] == "preview-create"
-    assert infra.verify_signature(secret, hook.body, hook.headers["x-previews-signature-256"])
-    assert not infra.verify_signature(SecretStr("wrong"), hook.body, hook.headers["x-previews-signature-256"])
-    assert not infra.verify_signature(secret, hook.body + b" ", hook.headers["x-previews-signature-256"])
-    assert not infra.verify_signature(secret, hook.body, None)
+    signature = hook.headers["x-previews-signature-256"]
+    verify_signature(hook.body, signature, secret, header_name=infra.SIGNATURE_HEADER)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(hook.body, signature, SecretStr("wrong"))
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(hook.body + b" ", signature, secret)
+    with pytest.raises(SignatureError, match="missing"):
+        verify_signature(hook.body, None, secret)
     assert hook.json["event_type"] == "preview-create"
     assert hook.json["client_payload"]["image"] == f"{IMAGE}@{DIGEST}"
     assert "infra-shared-secret" not in hook.body.decode() + json.dumps(hook.headers)

@@ -12,6 +12,7 @@ from previews.core import status
 from previews.core.forks import decide_fork
 from previews.errors import GitHubUnprocessableError, ValidationError
 from previews.github.client import GitHubClient
+from previews.github.sansio import error_for
 from tests.support.fake_github import FakeGitHub
 from tests.support.fixtures import FIXTURES
 
@@ -24,7 +25,7 @@ RUN_URL = "http://127.0.0.1:4200/runs/flow-run/0b8c2f6e-1c1f-4d1c-9f4e-3c6f1f7c2
 
 @pytest.fixture
 def github(gh: FakeGitHub) -> Iterator[GitHubClient]:
-    with GitHubClient(base_url=gh.url, token=SecretStr(gh.token), backoff=0.01) as client:
+    with GitHubClient(base_url=gh.url, token=SecretStr(gh.token)) as client:
         yield client
 
 
@@ -99,7 +100,9 @@ def test_the_fake_refuses_a_long_description_like_github(gh: FakeGitHub, github:
         headers={"Authorization": f"Bearer {gh.token}"},
     )
     assert response.status_code == 422
-    error = github._map_error("GitHub POST statuses", response)
+    error = error_for(
+        response.status_code, response.headers, response.content, where="GitHub POST statuses", now=0.0
+    )
     assert isinstance(error, GitHubUnprocessableError)
     assert "description is too long" in str(error)
 

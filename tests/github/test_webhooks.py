@@ -68,8 +68,14 @@ def test_missing_header_fails_closed_when_a_secret_is_set(header: str | None) ->
 
 
 @pytest.mark.parametrize("secret", [None, "", SecretStr("")])
-def test_no_secret_configured_accepts_unsigned(secret: SecretStr | str | None) -> None:
-    verify_signature(b"{}", None, secret)
+@pytest.mark.parametrize("header", [None, "sha256=" + "0" * 64])
+def test_the_verifier_fails_closed_without_a_secret(
+    secret: SecretStr | str | None, header: str | None
+) -> None:
+    """One verifier, one contract: nothing verifies without a secret (whether a receiver may run without
+    one is the receiver's decision, made where it starts)."""
+    with pytest.raises(SignatureError, match="no secret"):
+        verify_signature(b"{}", header, secret)
 
 
 def test_signature_error_never_shows_the_secret_or_digest() -> None:

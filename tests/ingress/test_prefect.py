@@ -17,8 +17,9 @@ from pydantic import SecretStr
 
 from previews.core.events import event_id
 from previews.errors import TransientError
-from previews.ingress.forwarder import Forwarder, prefect_headers, redact_url
+from previews.ingress.forwarder import Forwarder, prefect_headers
 from previews.ingress.outbox import Outbox
+from previews.redact import redact_url
 from previews.settings import Settings
 from tests.support.console import PREVIEWS
 from tests.support.services import free_port, stop, wait_http

@@ -13,8 +13,8 @@ from pydantic import SecretStr
 
 from previews.core.retention import ActionKind, Backend, PrState, PrStatus, Reason, Verdict, plan_retention
 from previews.errors import AuthError, GitHubNotFoundError, TransientGitHubError, ValidationError
+from previews.github.packages import GhcrPackage, split_image
 from previews.registry import apply_plan
-from previews.registry.ghcr import GhcrPackage, split_image
 from previews.registry.oci import OCI_INDEX, OCI_MANIFEST, OciRegistry
 from tests.support.fake_github_packages import FakeGitHubPackages, FakeVersion
 from tests.support.services import Registry
@@ -34,11 +34,13 @@ def github() -> Iterator[FakeGitHubPackages]:
 
 
 def package(github: FakeGitHubPackages, **kwargs: object) -> GhcrPackage:
+    """The package on the fake, its manifests read from the fake's ghcr.io side with the same PAT."""
     options: dict[str, object] = {
         "owner": "Acme",
         "package": "app",
         "token": SecretStr(TOKEN),
         "api_url": github.url,
+        "manifests": OciRegistry(github.url, username="Acme", password=SecretStr(TOKEN)),
     }
     options.update(kwargs)
     return GhcrPackage(**options)  # type: ignore[arg-type]
@@ -131,7 +133,9 @@ def test_last_tagged_version_refusal_is_reported_not_fatal(github: FakeGitHubPac
         report = apply_plan(plan, target, sleep=lambda s: None)
     assert [o.done for o in report.outcomes] == [True, False]
     assert "last tagged version" in report.failed[0].detail
-    assert report.failed[0].detail.startswith("delete version 2: GitHub answered 400")
+    assert report.failed[0].detail.startswith(
+        "GitHub DELETE /orgs/acme/packages/container/app/versions/2: 400"
+    )
     assert report.removed_tags == ("pr-1-aaaaaaa",)
     assert sorted(v.id for v in github.versions("org", "acme", "app")) == [2, 3]
 

@@ -2,19 +2,24 @@
 
 The registry (Debian docker-registry 2.8) trusts a self-signed certificate; a small token server on 127.0.0.1
 checks Basic credentials and issues RS256 JWTs carrying that certificate in ``x5c`` (docker token spec,
-distribution/distribution ``docs/content/spec/auth/token.md``).
+distribution/distribution ``docs/content/spec/auth/token.md``). The token server is another origin than the
+registry, so it serves https (with the same certificate, which the client is given as its CA bundle): the
+client sends the registry password only to an https realm or to the registry's own origin.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import shutil
+import ssl
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -82,8 +87,19 @@ class _TokenHandler(BaseHTTPRequestHandler):
         self.wfile.write(raw)
 
 
+@dataclass(frozen=True)
+class TokenRegistry:
+    """The registry's URL and the CA bundle that makes its https token realm trusted."""
+
+    url: str
+    ca_bundle: str
+
+    def client(self, password: str) -> OciRegistry:
+        return OciRegistry(self.url, username=USER, password=SecretStr(password), ca_bundle=self.ca_bundle)
+
+
 @pytest.fixture(scope="module")
-def token_registry(session_dir: Path) -> Iterator[str]:
+def token_registry(session_dir: Path) -> Iterator[TokenRegistry]:
     workdir = session_dir / f"token-registry-{uuid.uuid4().hex[:6]}"
     workdir.mkdir()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -98,13 +114,24 @@ def token_registry(session_dir: Path) -> Iterator[str]:
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     (workdir / "root.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (workdir / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     _TokenHandler.key = key
     _TokenHandler.cert_der = cert.public_bytes(serialization.Encoding.DER)
     _TokenHandler.issued = []
     tokens = ThreadingHTTPServer(("127.0.0.1", 0), _TokenHandler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(workdir / "root.pem", workdir / "key.pem")
+    tokens.socket = tls.wrap_socket(tokens.socket, server_side=True)
     thread = threading.Thread(target=tokens.serve_forever, daemon=True)
     thread.start()
     port = services.free_port()
@@ -121,7 +148,7 @@ http:
   addr: 127.0.0.1:{port}
 auth:
   token:
-    realm: http://127.0.0.1:{tokens.server_address[1]}/token
+    realm: https://127.0.0.1:{tokens.server_address[1]}/token
     service: {SERVICE}
     issuer: {ISSUER}
     rootcertbundle: {workdir / "root.pem"}
@@ -135,16 +162,16 @@ auth:
         )
     try:
         services.wait_http(f"http://127.0.0.1:{port}/v2/", timeout=20, proc=proc, log=log)
-        yield f"http://127.0.0.1:{port}"
+        yield TokenRegistry(f"http://127.0.0.1:{port}", str(workdir / "root.pem"))
     finally:
         services.stop(proc)
         tokens.shutdown()
         tokens.server_close()
 
 
-def test_bearer_flow_reads_writes_and_deletes(token_registry: str) -> None:
+def test_bearer_flow_reads_writes_and_deletes(token_registry: TokenRegistry) -> None:
     repo = "cleanuptest/token-auth"
-    with OciRegistry(token_registry, username=USER, password=SecretStr(PASSWORD)) as oci:
+    with token_registry.client(PASSWORD) as oci:
         config = oci.ensure_blob(repo, json.dumps({"created": "2026-11-28T10:00:00.123456789Z"}).encode())
         manifest = {
             "schemaVersion": 2,
@@ -168,10 +195,10 @@ def test_bearer_flow_reads_writes_and_deletes(token_registry: str) -> None:
     assert len(scopes) <= 5
 
 
-def test_bearer_flow_with_wrong_password_is_an_auth_error(token_registry: str) -> None:
+def test_bearer_flow_with_wrong_password_is_an_auth_error(token_registry: TokenRegistry) -> None:
     started = time.monotonic()
     with (
-        OciRegistry(token_registry, username=USER, password=SecretStr("nope")) as oci,
+        token_registry.client("nope") as oci,
         pytest.raises(AuthError) as caught,
     ):
         oci.tags("cleanuptest/token-auth")

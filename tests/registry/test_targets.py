@@ -10,8 +10,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from previews.core.retention import Backend
 from previews.errors import ValidationError
+from previews.github.packages import GhcrPackage
 from previews.registry import cleanup_image, cleanup_target, registry_kind, retention_rules
-from previews.registry.ghcr import GhcrPackage
 from previews.registry.oci import OciRepository
 from previews.settings import Settings
 

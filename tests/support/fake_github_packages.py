@@ -7,14 +7,24 @@ reported in actions/delete-package-versions#231 and #101 and SmartsquareGmbH/del
 last tagged version, 404 "Package not found.", a non-integer version id).
 Rate-limit answers can be queued with :meth:`FakeGitHubPackages.inject`.
 
+The same server also plays ghcr.io, the registry the versions' manifests are read from, with ghcr.io's token
+flow: ``/v2/...`` answers 401 with ``WWW-Authenticate: Bearer realm="<this server>/token",service="ghcr.io"``,
+the realm swaps ``Basic <any user>:<PAT>`` for a registry token. A version serves ``FakeVersion.manifest``
+(an image manifest without children when None); :meth:`FakeGitHubPackages.fail_manifest` makes reads of one
+manifest fail (400, 404, 5xx), as a kept index whose read fails.
+
 Endpoints::
 
     GET    /orgs/{org}/packages/container/{name}/versions          (+ /organizations/{id}/..., /users/{u}/...)
     DELETE /orgs/{org}/packages/container/{name}/versions/{id}     (+ /users/{u}/...)
+    GET    /token?service=ghcr.io&scope=repository:{owner}/{name}:pull
+    GET    /v2/{owner}/{name}/manifests/{digest or tag}            (HEAD too)
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import threading
@@ -22,13 +32,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.support.http_server import BackgroundHTTPServer
 
 DOCS = "https://docs.github.com/rest/packages/packages"
 _LIST = re.compile(r"/(orgs|users|organizations)/([^/]+)/packages/container/([^/]+)/versions")
 _ONE = re.compile(r"/(orgs|users)/([^/]+)/packages/container/([^/]+)/versions/([^/]+)")
+_MANIFEST = re.compile(r"/v2/([^/]+)/(.+)/manifests/([^/]+)")
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @dataclass
@@ -40,6 +54,33 @@ class FakeVersion:
     tags: list[str]
     created_at: datetime
     updated_at: datetime | None = None
+    manifest: dict[str, object] | None = None
+
+
+def image_manifest(marker: str) -> dict[str, object]:
+    """A layer-less image manifest; ``marker`` makes its digest unique."""
+    config = "sha256:" + hashlib.sha256(marker.encode()).hexdigest()
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+        "layers": [],
+    }
+
+
+def image_index(children: list[str], marker: str = "") -> dict[str, object]:
+    """A multi-arch index over ``children`` (digests); ``marker`` goes in an annotation."""
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": 1} for child in children],
+        "annotations": {"marker": marker},
+    }
+
+
+def manifest_digest(manifest: dict[str, object]) -> str:
+    """The digest the fake registry serves ``manifest`` under (the sha256 of its JSON)."""
+    return "sha256:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest()
 
 
 @dataclass
@@ -58,7 +99,7 @@ class _Package:
     versions: dict[int, FakeVersion] = field(default_factory=dict)
 
 
-class FakeGitHubPackages:
+class FakeGitHubPackages(BackgroundHTTPServer):
     """The fake server. ``requests`` records ``(method, path, monotonic time)`` of every request."""
 
     def __init__(
@@ -68,35 +109,25 @@ class FakeGitHubPackages:
         self.org_ids = dict(org_ids or {})
         self.packages: dict[tuple[str, str, str], _Package] = {}
         self.requests: list[tuple[str, str, float]] = []
+        self.registry_requests: list[tuple[str, str]] = []
         self.deleted: list[int] = []
+        self.registry_token = "ghcr-registry-token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
         self._faults: deque[_Fault] = deque()
+        self._manifest_faults: dict[str, tuple[int, int]] = {}
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.rate_remaining = 5000
-
-    @property
-    def url(self) -> str:
-        """The API base URL, e.g. ``http://127.0.0.1:PORT``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> FakeGitHubPackages:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(self._handler())
 
     def add_package(self, kind: str, owner: str, name: str, versions: list[FakeVersion]) -> None:
         """Create a package (``kind`` is ``org`` or ``user``) holding ``versions``."""
         if kind == "org":
             self.org_ids.setdefault(owner, 122929872 + len(self.org_ids))
         self.packages[(kind, owner.lower(), name)] = _Package(kind, owner, name, {v.id: v for v in versions})
+
+    def add_version(self, kind: str, owner: str, name: str, version: FakeVersion) -> None:
+        """Push one more version to a package (say, a tag promoted after a cleanup listed it)."""
+        with self._lock:
+            self.packages[(kind, owner.lower(), name)].versions[version.id] = version
 
     def versions(self, kind: str, owner: str, name: str) -> list[FakeVersion]:
         """The versions a package holds now."""
@@ -109,6 +140,21 @@ class FakeGitHubPackages:
         self._faults.append(
             _Fault(method, status, dict(headers or {}), {"message": message, "documentation_url": DOCS})
         )
+
+    def fail_manifest(self, digest: str, status: int, *, times: int = 1000) -> None:
+        """Answer reads of manifest ``digest`` with ``status`` the next ``times`` times."""
+        with self._lock:
+            self._manifest_faults[digest] = (status, times)
+
+    def _find_manifest(self, repository: str, reference: str) -> FakeVersion | None:
+        owner, _, name = repository.partition("/")
+        for (_kind, owner_key, package_name), package in self.packages.items():
+            if owner_key != owner.lower() or package_name != name:
+                continue
+            for version in package.versions.values():
+                if version.name == reference or reference in version.tags:
+                    return version
+        return None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -142,6 +188,24 @@ class FakeGitHubPackages:
                 self.end_headers()
                 self.wfile.write(raw)
 
+            def _registry_reply(
+                self,
+                status: int,
+                body: dict[str, object],
+                headers: dict[str, str] | None = None,
+                *,
+                head: bool = False,
+            ) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                merged = {"Content-Type": "application/json", **(headers or {})}
+                for key, value in merged.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(raw)
+
             def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
                 self._reply(status, {"message": message, "documentation_url": DOCS}, headers)
 
@@ -171,7 +235,67 @@ class FakeGitHubPackages:
                 kind = "org" if scope == "orgs" else "user"
                 return fake.packages.get((kind, unquote(owner).lower(), name))
 
+            def _registry(self, method: str) -> None:
+                """ghcr.io's side: the token realm and manifest reads."""
+                parts = urlsplit(self.path)
+                with fake._lock:
+                    fake.registry_requests.append((method, parts.path))
+                if parts.path == "/token":
+                    pair = base64.b64decode(self.headers.get("Authorization", "Basic ")[6:] or b"").decode()
+                    if pair.partition(":")[2] != fake.token:
+                        self._registry_reply(
+                            401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}
+                        )
+                        return
+                    self._registry_reply(200, {"token": fake.registry_token, "expires_in": 300})
+                    return
+                match = _MANIFEST.fullmatch(parts.path)
+                if self.headers.get("Authorization") != f"Bearer {fake.registry_token}":
+                    scope = f',scope="repository:{match.group(1)}/{match.group(2)}:pull"' if match else ""
+                    challenge = f'Bearer realm="{fake.url}/token",service="ghcr.io"{scope}'
+                    self._registry_reply(
+                        401,
+                        {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                        {"WWW-Authenticate": challenge},
+                    )
+                    return
+                if match is None:
+                    self._registry_reply(200, {})
+                    return
+                repository, reference = f"{match.group(1)}/{match.group(2)}", match.group(3)
+                with fake._lock:
+                    version = fake._find_manifest(repository, reference)
+                    fault = fake._manifest_faults.get(version.name) if version else None
+                    if version is not None and fault is not None and fault[1] > 0:
+                        fake._manifest_faults[version.name] = (fault[0], fault[1] - 1)
+                    else:
+                        fault = None
+                if fault is not None:
+                    code = {400: "MANIFEST_INVALID", 404: "MANIFEST_UNKNOWN"}.get(fault[0], "UNKNOWN")
+                    self._registry_reply(
+                        fault[0], {"errors": [{"code": code, "message": "injected failure"}]}
+                    )
+                    return
+                if version is None:
+                    self._registry_reply(
+                        404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+                    )
+                    return
+                manifest = version.manifest or image_manifest(version.name)
+                self._registry_reply(
+                    200,
+                    manifest,
+                    {"Content-Type": str(manifest["mediaType"]), "Docker-Content-Digest": version.name},
+                    head=method == "HEAD",
+                )
+
+            def do_HEAD(self) -> None:
+                self._registry("HEAD")
+
             def do_GET(self) -> None:
+                if self.path.startswith(("/v2/", "/token")):
+                    self._registry("GET")
+                    return
                 if not self._common("GET"):
                     return
                 parts = urlsplit(self.path)

@@ -1,7 +1,9 @@
 """An authenticated git smart-HTTP server for tests: ``git http-backend`` (CGI) behind ``http.server``.
 
 It stands in for github.com's git endpoint: every request must carry ``Authorization: Basic
-base64("x-access-token:<token>")`` (what ``previews.git`` sends) or it is answered 401. It can also be told to
+base64("x-access-token:<token>")`` (what ``previews.git`` sends) or it is answered 401. Each repository can
+require its own token (``repo_tokens``), as the app and its sibling repositories do with a token per scope;
+every request records which of the known tokens it presented (by name, never the value). It can also be told to
 answer the next requests with an error status, or to stall, to exercise transient failures and timeouts.
 """
 
@@ -31,6 +33,8 @@ class SeenRequest:
     path: str
     authorized: bool
     status: int
+    repository: str = ""
+    presented: str | None = None  # the name of the known token the request carried, if any
 
 
 @dataclass
@@ -39,6 +43,7 @@ class GitHttpServer:
 
     root: Path
     token: str
+    repo_tokens: dict[str, str] = field(default_factory=dict)  # "owner/name" -> the token it requires
     host: str = "127.0.0.1"
     port: int = 0
     requests: list[SeenRequest] = field(default_factory=list)
@@ -60,9 +65,34 @@ class GitHttpServer:
         with self.lock:
             self.fail_statuses.extend([status] * count)
 
-    def expected_authorization(self) -> str:
-        raw = f"x-access-token:{self.token}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+    def expected_authorization(self, repository: str = "") -> str:
+        return _basic(self.repo_tokens.get(repository, self.token))
+
+    def presented_token(self, authorization: str) -> str | None:
+        """Which known token an Authorization header carries: "default", a repository name, or None."""
+        known = {"default": self.token, **self.repo_tokens}
+        for name, token in known.items():
+            if hmac.compare_digest(authorization.encode(), _basic(token).encode()):
+                return name
+        return None
+
+    def seen_by_repository(self) -> dict[str, set[str | None]]:
+        """Repository -> the names of the tokens its requests carried."""
+        with self.lock:
+            seen: dict[str, set[str | None]] = {}
+            for request in self.requests:
+                seen.setdefault(request.repository, set()).add(request.presented)
+            return seen
+
+
+def _basic(token: str) -> str:
+    return "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+
+
+def _repository_of(path: str) -> str:
+    """``owner/name`` of a smart-HTTP request path ``/owner/name.git/...``."""
+    parts = path.partition("?")[0].lstrip("/").split("/")
+    return f"{parts[0]}/{parts[1].removesuffix('.git')}" if len(parts) >= 2 else ""
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
@@ -95,8 +125,12 @@ def _make_handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def _record(self, authorized: bool, status: int) -> None:
+            presented = server.presented_token(self.headers.get("Authorization", ""))
+            repository = _repository_of(self.path)
             with server.lock:
-                server.requests.append(SeenRequest(self.command, self.path, authorized, status))
+                server.requests.append(
+                    SeenRequest(self.command, self.path, authorized, status, repository, presented)
+                )
 
         def _handle(self) -> None:
             body = _read_body(self) if self.command == "POST" else b""
@@ -105,7 +139,8 @@ def _make_handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
             with server.lock:
                 failure = server.fail_statuses.pop(0) if server.fail_statuses else None
             got = self.headers.get("Authorization", "")
-            authorized = hmac.compare_digest(got.encode(), server.expected_authorization().encode())
+            expected = server.expected_authorization(_repository_of(self.path))
+            authorized = hmac.compare_digest(got.encode(), expected.encode())
             if failure is not None:
                 self._record(authorized, failure)
                 self._answer(failure, {"Content-Type": "text/plain"}, b"injected failure\n")
@@ -167,9 +202,12 @@ def _make_handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def run_git_http(root: Path, token: str) -> Iterator[GitHttpServer]:
-    """Serve the bare repositories under ``root`` on 127.0.0.1 (a free port), requiring ``token``."""
-    server = GitHttpServer(root=root, token=token)
+def run_git_http(
+    root: Path, token: str, *, repo_tokens: dict[str, str] | None = None
+) -> Iterator[GitHttpServer]:
+    """Serve the bare repositories under ``root`` on 127.0.0.1 (a free port), requiring ``token`` (or, for a
+    repository named in ``repo_tokens``, that repository's token)."""
+    server = GitHttpServer(root=root, token=token, repo_tokens=dict(repo_tokens or {}))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(server))
     httpd.daemon_threads = True
     server.port = int(httpd.server_address[1])

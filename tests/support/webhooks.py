@@ -18,10 +18,10 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from previews.github.webhooks import sign
 from previews.ingress.app import create_app
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
+from previews.signature import sign
 from tests.support.console import PREVIEWS
 from tests.support.fixtures import FIXTURES
 from tests.support.services import free_port, stop, wait_http
