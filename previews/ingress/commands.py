@@ -36,8 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
     from previews.redact import redact_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    require_secret(settings, allow_unsigned=args.insecure_no_signature)  # before anything slower
+    if not args.insecure_no_signature:
+        require_secret(Settings())  # refuse before anything slower (create_app checks again)
     settings = _settings()
     app = create_app(settings, allow_unsigned=args.insecure_no_signature)
     outbox = app.state.outbox

@@ -110,4 +110,5 @@ def test_serve_insecure_flag_warns_loudly_and_still_refuses_signed_deliveries(tm
     assert unsigned.status_code == 202, unsigned.text
     assert signed.status_code == 401
     assert "WARNING previews.ingress: INSECURE: started with --insecure-no-signature" in log
+    assert log.count("INSECURE") == 1
     assert "WITHOUT a signature check" in log
