@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,9 @@ def delivery(project: Project) -> tuple[bytes, dict[str, str], str]:
         repo["clone_url"] = project.git_url_template.format(repository=project.repository)
     payload["pull_request"]["head"]["sha"] = project.head_sha
     payload["pull_request"]["base"]["sha"] = project.base_sha
+    # Every real event carries its own time; without it a second delivery at the same head would be the same
+    # signed body, which the receiver answers "duplicate" (a replay) and does not build.
+    payload["pull_request"]["updated_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
     body = json.dumps(payload).encode()
     delivery_id = str(uuid.uuid4())
     headers = {

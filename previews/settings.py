@@ -117,7 +117,10 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     allowed_repositories: str = ""
     outbox_path: Path = Path(".state/outbox.sqlite3")
-    max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    # Receiver limits (README "Receiver limits"): 1 MiB is 33x GitHub's largest pull_request payloads here.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, le=25 * 1024 * 1024)
+    max_concurrent_deliveries: int = Field(default=64, ge=1, le=4096)
+    body_read_timeout: float = Field(default=10.0, gt=0, le=300, description="seconds to receive a body")
     outbox_retention_hours: float = Field(default=168.0, ge=0)
     forwarder_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="outbox poll interval")
     forwarder_max_backoff: float = Field(

@@ -230,16 +230,21 @@ class Wiring:
             retention_seconds=s.outbox_retention_hours * 3600,
         )
 
-    def receiver_app(self, *, forwarder_enabled: bool = True) -> Starlette:
-        """The webhook receiver with its outbox and forwarder."""
-        from previews.ingress.app import ReceiverConfig, allowed_repositories, create_app
+    def receiver_app(self, *, forwarder_enabled: bool = True, allow_unsigned: bool = False) -> Starlette:
+        """The webhook receiver with its outbox and forwarder.
+
+        Refuses (:class:`ValidationError`) without ``PREVIEWS_WEBHOOK_SECRET`` unless ``allow_unsigned``.
+        """
+        from previews.ingress.app import ReceiverConfig, allowed_repositories, create_app, require_secret
         from previews.ingress.forwarder import prefect_headers
 
         s = self.settings
         config = ReceiverConfig(
-            webhook_secret=s.webhook_secret,
+            webhook_secret=require_secret(s.webhook_secret, allow_unsigned=allow_unsigned),
             allowed_repositories=allowed_repositories(s.allowed_repositories),
             max_body_bytes=s.max_body_bytes,
+            body_read_timeout=s.body_read_timeout,
+            max_concurrent_deliveries=s.max_concurrent_deliveries,
             health_headers=prefect_headers(s.prefect_api_key, s.prefect_api_auth_string),
         )
         outbox = self.outbox()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -34,18 +35,24 @@ def _settings() -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from previews.ingress.app import require_secret
     from previews.ingress.forwarder import DEFAULT_API_URL
     from previews.redact import redact_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.insecure_no_signature:
+        require_secret(Settings().webhook_secret)  # refuse before anything slower (checked again below)
     settings = _settings()
-    app = Wiring(settings).receiver_app()
+    app = Wiring(settings).receiver_app(allow_unsigned=args.insecure_no_signature)
     outbox = app.state.outbox
     print(
         f"previews receiver on http://{args.host}:{args.port}/webhooks/github "
         f"(outbox {outbox.path}, Prefect {redact_url(settings.prefect_api_url or DEFAULT_API_URL)})",
         flush=True,
     )
+    # Everything imported so far lives as long as the process: keep it out of the cyclic GC's full
+    # collections, which otherwise walk it all (50-250 ms here) in the middle of requests (issue 17).
+    gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
 
@@ -86,6 +93,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve = subparsers.add_parser("serve", help="run the GitHub webhook receiver")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    serve.add_argument(
+        "--insecure-no-signature",
+        action="store_true",
+        help="start without PREVIEWS_WEBHOOK_SECRET and accept unsigned deliveries (local experiments only)",
+    )
     serve.set_defaults(handler=_serve)
 
     outbox = subparsers.add_parser("outbox", help="inspect and re-send webhook deliveries")

@@ -42,6 +42,11 @@ def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
+    secret_file = tmp_path / "state" / "webhook-secret"
+    assert re.search(
+        rf"^Webhook secret:\s+\S{{32,}}  \(generated for this stack, kept in {secret_file}\)$", out, re.M
+    )
+    assert secret_file.read_text() in out
     image = re.search(r"^image:\s+(\S+)$", out, re.M)
     digest = re.search(r"^digest:\s+(sha256:[0-9a-f]{64})$", out, re.M)
     run_url = re.search(

@@ -266,6 +266,23 @@ def _wait_for_deployments(
     raise StackError(f"the deployments were not served within {timeout:.0f}s (log: {log})")
 
 
+def webhook_secret(state_dir: Path, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The stack's webhook secret and where it comes from.
+
+    ``PREVIEWS_WEBHOOK_SECRET`` if set; otherwise the one generated for this state directory on its first
+    ``previews up`` and kept in ``<state>/webhook-secret`` (mode 0600), so GitHub's side stays valid across
+    restarts.
+    """
+    if environ.get("PREVIEWS_WEBHOOK_SECRET"):
+        return environ["PREVIEWS_WEBHOOK_SECRET"], "from PREVIEWS_WEBHOOK_SECRET"
+    path = state_dir / "webhook-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip(), f"generated for this stack, kept in {path}"
+
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -332,20 +349,19 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[], None]) -> int:
+    secret, secret_origin = webhook_secret(state_dir, os.environ)
     with ExitStack() as stack:
-        extra_env: dict[str, str] = {}
+        extra_env: dict[str, str] = {"PREVIEWS_WEBHOOK_SECRET": secret}
         sample: demo.DemoProject | None = None
         if args.demo:
             print("Demo: starting a registry and creating a sample repository ...", flush=True)
             registry = stack.enter_context(demo.run_registry(state_dir / "demo" / "registry"))
             sample = demo.make_project(state_dir / "demo" / "remotes")
-            webhook_secret = secrets.token_urlsafe(24)
-            extra_env = {
+            extra_env |= {
                 "PREVIEWS_REGISTRY": registry.host,
                 "PREVIEWS_REGISTRY_USERNAME": registry.username,
                 "PREVIEWS_REGISTRY_TOKEN": registry.password,
                 "PREVIEWS_GIT_URL_TEMPLATE": sample.git_url_template,
-                "PREVIEWS_WEBHOOK_SECRET": webhook_secret,
                 "PREVIEWS_ALLOWED_REPOSITORIES": sample.repository,
                 "PREVIEWS_OUTBOX_PATH": str(state_dir / "demo" / "outbox.sqlite3"),
             }
@@ -360,6 +376,10 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
         )
         print(f"Prefect UI:        {running.ui}")
         print(f"Webhook receiver:  {running.receiver}")
+        if secret_origin.startswith("generated"):  # the user needs it for GitHub's webhook settings
+            print(f"Webhook secret:    {secret}  ({secret_origin})")
+        else:
+            print(f"Webhook secret:    {secret_origin}")
         print(f"Logs:              {running.logs}")
         if args.demo and sample is not None:
             print("Demo: sending a signed pull_request delivery built from a real GitHub payload ...")
@@ -370,7 +390,7 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
                     api_url=running.api,
                     ui_url=running.ui,
                     registry=registry,
-                    secret=extra_env["PREVIEWS_WEBHOOK_SECRET"],
+                    secret=secret,
                     timeout=args.timeout,
                 )
             except demo.DemoError as exc:

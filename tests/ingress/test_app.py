@@ -235,9 +235,60 @@ def test_bad_allow_list_is_refused_at_startup(tmp_path: Path) -> None:
         Wiring(make_settings(tmp_path, allowed_repositories="acme/api,not a repo")).receiver_app()
 
 
-def test_without_a_secret_unsigned_deliveries_pass(tmp_path: Path) -> None:
-    with serve(make_settings(tmp_path, webhook_secret=None)) as tc:
-        assert post(tc, body_of(synchronize_payload()), secret=None).status_code == 202
+@pytest.mark.parametrize("secret", [None, SecretStr("")], ids=["unset", "empty"])
+def test_without_a_secret_there_is_no_receiver(tmp_path: Path, secret: SecretStr | None) -> None:
+    with pytest.raises(ValidationError, match="PREVIEWS_WEBHOOK_SECRET: not set") as refused:
+        Wiring(make_settings(tmp_path, webhook_secret=secret)).receiver_app()
+    assert "--insecure-no-signature" in str(refused.value)
+    assert not (tmp_path / "outbox.sqlite3").exists()
+
+
+def test_insecure_receiver_takes_unsigned_deliveries_but_never_a_signed_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = make_settings(tmp_path, webhook_secret=None)
+    with (
+        run_receiver(settings, forwarder_enabled=False, allow_unsigned=True) as receiver,
+        Client(receiver) as tc,
+    ):
+        assert "INSECURE" in caplog.text
+        unsigned = post(tc, body_of(synchronize_payload()), secret=None, delivery="unsigned-1")
+        assert unsigned.status_code == 202
+        assert unsigned.json()["status"] == "accepted"
+        for secret in (SECRET, "any-other-secret"):
+            signed = post(tc, body_of(synchronize_payload(number=3)), secret=secret)
+            assert signed.status_code == 401
+            assert "PREVIEWS_WEBHOOK_SECRET is not set" in signed.json()["error"]
+        assert [e.delivery for e in outbox_of(tc).entries()] == ["unsigned-1"]
+        assert tc.get("/healthz").json()["signatures"] == "not checked (--insecure-no-signature)"
+    assert "unsigned-1 accepted" in caplog.text
+    assert "WITHOUT a signature check" in caplog.text
+
+
+def test_a_secret_makes_the_insecure_flag_moot(tmp_path: Path) -> None:
+    with (
+        run_receiver(make_settings(tmp_path), forwarder_enabled=False, allow_unsigned=True) as receiver,
+        Client(receiver) as tc,
+    ):
+        assert_refused(post(tc, body_of(synchronize_payload()), secret=None), 401, tc, mentions="missing")
+        assert tc.get("/healthz").json()["signatures"] == "required"
+
+
+def test_captured_body_replayed_under_a_new_delivery_id_is_a_duplicate(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = body_of(synchronize_payload())
+    assert post(client, body, delivery="original-1").json()["status"] == "accepted"
+    replayed = post(client, body, delivery="replayed-1")
+    assert replayed.status_code == 202
+    assert replayed.json() == {"status": "duplicate", "delivery": "replayed-1"}
+    assert [e.delivery for e in outbox_of(client).entries()] == ["original-1"]
+    assert "replayed-1 duplicate (same signed body as original-1)" in caplog.text
+    other = post(client, body_of(synchronize_payload(number=3)), delivery="other-1")
+    assert other.json()["status"] == "accepted"
+    assert [e.delivery for e in outbox_of(client).entries()] == ["original-1", "other-1"]
 
 
 def test_logs_hold_neither_the_secret_nor_the_payload(

@@ -7,10 +7,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
+
 from previews.core.events import event_id
 from previews.ingress.outbox import Outbox
 from previews_cli.app import parser
 from tests.support.console import PREVIEWS
+from tests.support.services import free_port
+from tests.support.webhooks import headers, serve_process, synchronize_payload
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -71,3 +75,40 @@ def test_outbox_replay_of_an_unknown_or_hostile_id_fails_clearly(tmp_path: Path)
     hostile = run(tmp_path, "outbox", "replay", "--", "-x;rm")
     assert hostile.returncode == 2
     assert "DELIVERY_ID" in hostile.stderr
+
+
+def test_serve_without_a_secret_refuses_to_start_with_one_line_naming_the_variable(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREVIEWS_WEBHOOK_SECRET"}
+    env["PREVIEWS_OUTBOX_PATH"] = str(tmp_path / "outbox.sqlite3")
+    out = subprocess.run(
+        [PREVIEWS, "serve", "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "PREVIEWS_WEBHOOK_SECRET" in lines[0]
+    assert "--insecure-no-signature" in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "outbox.sqlite3").exists()
+
+
+def test_serve_insecure_flag_warns_loudly_and_still_refuses_signed_deliveries(tmp_path: Path) -> None:
+    with serve_process(
+        tmp_path, env={"PREVIEWS_WEBHOOK_SECRET": None}, args=("--insecure-no-signature",)
+    ) as receiver:
+        body = json.dumps(synchronize_payload()).encode()
+        unsigned = httpx.post(
+            receiver.webhook_url, content=body, headers=headers(body, secret=None), timeout=30
+        )
+        signed = httpx.post(receiver.webhook_url, content=body, headers=headers(body), timeout=30)
+        log = receiver.log_text()
+    assert unsigned.status_code == 202, unsigned.text
+    assert signed.status_code == 401
+    assert "WARNING previews.ingress: INSECURE: started with --insecure-no-signature" in log
+    assert log.count("INSECURE") == 1
+    assert "WITHOUT a signature check" in log

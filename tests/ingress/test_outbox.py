@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 
 from previews.core.events import event_id
-from previews.ingress.outbox import Outbox
+from previews.ingress.outbox import SCHEMA_VERSION, Added, GroupCommit, NewEntry, Outbox, OutboxError
 
 
 class Clock:
@@ -149,3 +151,160 @@ def test_schema_rejects_unknown_states(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         db.execute("UPDATE outbox SET state = 'lost'")
     db.close()
+
+
+# The schema exactly as previews/ingress/outbox.py created it before the body hash (commit 3956095).
+SCHEMA_BEFORE_BODY_HASH = """
+CREATE TABLE IF NOT EXISTS outbox (
+    delivery      TEXT PRIMARY KEY,
+    event         TEXT NOT NULL,
+    repository    TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    event_json    TEXT NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'rejected')),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    replays       INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    received_at   REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    delivered_at  REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_state_received ON outbox (state, received_at);
+"""
+
+
+def old_outbox(path: Path) -> None:
+    """An outbox file as the previous version wrote it: WAL, its schema, a pending and a delivered entry."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.executescript(SCHEMA_BEFORE_BODY_HASH)
+    for delivery, state in (("old-pending", "pending"), ("old-delivered", "delivered")):
+        db.execute(
+            "INSERT INTO outbox (delivery, event, repository, number, event_json, received_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery) DO NOTHING",
+            (delivery, "github.pull_request.opened", "o/r", 1, json.dumps(_event(delivery)), 1.0, 1.0),
+        )
+        db.execute("UPDATE outbox SET state = ? WHERE delivery = ?", (state, delivery))
+    db.close()
+
+
+def test_an_outbox_written_by_the_previous_version_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    old_outbox(path)
+    with Outbox(path) as outbox:
+        assert [(e.delivery, e.state) for e in outbox.entries()] == [
+            ("old-delivered", "delivered"),
+            ("old-pending", "pending"),
+        ]
+        assert [e.delivery for e in outbox.pending(10)] == ["old-pending"]
+        assert outbox.mark_delivered(["old-pending"]) == 1
+        assert _add(outbox, "old-pending") is False  # ids stored before the migration still dedupe
+        assert outbox.add(
+            delivery="new-1", event=_event("new-1"), repository="o/r", number=1, body_sha256="ab"
+        )
+        assert not outbox.add(
+            delivery="new-2", event=_event("new-2"), repository="o/r", number=1, body_sha256="ab"
+        )
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("SELECT delivery, body_sha256 FROM outbox ORDER BY delivery").fetchall() == [
+        ("new-1", "ab"),
+        ("old-delivered", None),
+        ("old-pending", None),
+    ]
+    db.close()
+    with Outbox(path) as reopened:  # opening again changes nothing
+        assert len(reopened.entries()) == 3
+
+
+def test_processes_opening_an_old_outbox_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    old_outbox(path)
+    script = (
+        "import sys; from previews.ingress.outbox import Outbox;"
+        "o = Outbox(sys.argv[1]); print(len(o.entries())); o.close()"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    assert [p.communicate(timeout=60)[0].strip() for p in procs] == ["2"] * 4
+    assert [p.returncode for p in procs] == [0] * 4
+
+
+def test_an_outbox_from_a_newer_version_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    with Outbox(path):
+        pass
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(OutboxError, match="newer than this previews"):
+        Outbox(path)
+
+
+def test_same_body_under_another_delivery_id_is_a_duplicate_even_within_one_batch(tmp_path: Path) -> None:
+    def entry(delivery: str, body: str | None) -> NewEntry:
+        return NewEntry(delivery, _event(delivery), "o/r", 1, body)
+
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.add_many([entry("a", "h1")]) == [Added("a")]
+        assert outbox.add_many([entry("b", "h2"), entry("c", "h1"), entry("d", "h2"), entry("a", "h3")]) == [
+            Added("b"),
+            Added("c", duplicate_of="a"),
+            Added("d", duplicate_of="b"),
+            Added("a", duplicate_of="a"),
+        ]
+        assert [e.delivery for e in outbox.entries()] == ["a", "b"]
+        # entries without a hash (written before it existed) never collide with each other
+        assert outbox.add_many([entry("e", None), entry("f", None)]) == [Added("e"), Added("f")]
+
+
+def test_group_commit_shares_transactions_and_answers_after_the_commit(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+
+    async def many(outbox: Outbox) -> tuple[list[Added], int]:
+        committer = GroupCommit(outbox)
+        entries = [NewEntry(f"d-{i}", _event(f"d-{i}"), "o/r", 1, f"h-{i % 60}") for i in range(80)]
+        results = await asyncio.gather(*(committer.add(e) for e in entries))
+        return results, committer.commits
+
+    with Outbox(path) as outbox:
+        results, commits = asyncio.run(many(outbox))
+    assert [r.stored for r in results] == [True] * 60 + [False] * 20
+    assert [r.duplicate_of for r in results[60:]] == [f"d-{i}" for i in range(20)]
+    assert commits < 80  # the first commit held one entry; the rest waited for it and shared the next ones
+    with Outbox(path) as reopened:  # committed, as the answers said
+        assert len(reopened.entries()) == 60
+
+
+def test_group_commit_reports_a_failed_commit_to_every_caller(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.close()
+
+    async def add_two() -> list[BaseException | Added]:
+        committer = GroupCommit(outbox)
+        return await asyncio.gather(
+            committer.add(NewEntry("x", _event("x"), "o/r", 1, "hx")),
+            committer.add(NewEntry("y", _event("y"), "o/r", 1, "hy")),
+            return_exceptions=True,
+        )
+
+    assert [type(r) for r in asyncio.run(add_two())] == [OutboxError, OutboxError]
+
+
+def test_group_commit_refuses_at_once_when_too_many_wait_for_the_disk(tmp_path: Path) -> None:
+    async def add_two(outbox: Outbox) -> list[BaseException | Added]:
+        committer = GroupCommit(outbox, max_queued=1)
+        return await asyncio.gather(
+            committer.add(NewEntry("x", _event("x"), "o/r", 1, "hx")),
+            committer.add(NewEntry("y", _event("y"), "o/r", 1, "hy")),
+            return_exceptions=True,
+        )
+
+    with Outbox(tmp_path / "o.db") as outbox:
+        first, second = asyncio.run(add_two(outbox))
+        assert first == Added("x")
+        assert isinstance(second, OutboxError)
+        assert "waiting for the outbox to commit" in str(second)
+        assert [e.delivery for e in outbox.entries()] == ["x"]

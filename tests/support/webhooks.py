@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -20,8 +22,9 @@ from previews.ingress.outbox import Outbox
 from previews.settings import Settings
 from previews.signature import sign
 from previews.wiring import Wiring
+from tests.support.console import PREVIEWS
 from tests.support.fixtures import FIXTURES
-from tests.support.services import free_port
+from tests.support.services import free_port, stop, wait_http
 
 WEBHOOKS = FIXTURES / "github" / "webhooks"
 SECRET = "test-webhook-secret"
@@ -101,10 +104,12 @@ class Receiver:
 
 
 @contextmanager
-def run_receiver(settings: Settings, *, forwarder_enabled: bool = True) -> Iterator[Receiver]:
+def run_receiver(
+    settings: Settings, *, forwarder_enabled: bool = True, allow_unsigned: bool = False
+) -> Iterator[Receiver]:
     """The real receiver under uvicorn in a thread on a free port."""
     port = free_port()
-    app = Wiring(settings).receiver_app(forwarder_enabled=forwarder_enabled)
+    app = Wiring(settings).receiver_app(forwarder_enabled=forwarder_enabled, allow_unsigned=allow_unsigned)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -145,3 +150,52 @@ def wait_for_events(api_url: str, ids: list[str], *, timeout: float = 30) -> lis
         if {e["id"] for e in found} >= set(ids) or time.monotonic() > deadline:
             return found
         time.sleep(0.25)
+
+
+@dataclass
+class ReceiverProcess:
+    """``previews serve`` running as its own process: its PID, base URL and log file."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/webhooks/github"
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serve_process(
+    tmp_path: Path, *, env: dict[str, str | None] | None = None, args: tuple[str, ...] = ()
+) -> Iterator[ReceiverProcess]:
+    """``previews serve`` on a free port with a fresh outbox; ``env`` values of None unset a variable."""
+    port = free_port()
+    merged: dict[str, str | None] = {
+        **os.environ,
+        "PREVIEWS_WEBHOOK_SECRET": SECRET,
+        "PREVIEWS_OUTBOX_PATH": str(tmp_path / f"outbox-{port}.sqlite3"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+        **(env or {}),
+    }
+    log = tmp_path / f"serve-{port}.log"
+    argv = [PREVIEWS, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*argv, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in merged.items() if v is not None},
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc, log=log)
+        yield ReceiverProcess(proc, f"http://127.0.0.1:{port}", log)
+    finally:
+        stop(proc)
