@@ -176,7 +176,9 @@ class _Receiver:
         )
         return _error(503, "too many deliveries in flight; retry later", close=True, retry_after=1)
 
-    async def _receive(self, request: Request, deadline: float) -> Response | tuple[NewEntry, PullRequestEvent]:
+    async def _receive(
+        self, request: Request, deadline: float
+    ) -> Response | tuple[NewEntry, PullRequestEvent]:
         """Read, verify and validate one delivery: a refusal or answer, or the entry to store."""
         body = await self._read(request, deadline)
         if isinstance(body, Response):
