@@ -8,7 +8,8 @@ Safety invariants (each one is a property test in ``tests/core/test_retention.py
 - only tags matching ``pr-<N>-<sha>`` are ever candidates; a protected tag is never touched;
 - a tag whose build is in flight is kept;
 - a manifest is deleted only when every tag on it is deleted, and never while it is reachable from a manifest
-  that stays (a kept tag, an untagged top-level manifest, or a kept index's children, transitively);
+  that stays (a kept tag, an untagged top-level manifest, a GHCR manifest without a version id, or a
+  staying index's children, transitively: a staying child index keeps its own children);
 - fail closed: a manifest whose references could not be read (``unreadable``) stays, and while one does no
   manifest is deleted at all, since any of them could be its child; every such tag says why;
   a deletable tag on a manifest that stays is untagged where the backend can, otherwise kept with a reason;
@@ -22,8 +23,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
+from typing import NamedTuple
 
-from previews.core.tags import DEFAULT_PROTECTED, is_protected, parse_pr_tag
+from previews.core.tags import DEFAULT_PROTECTED, PR_TAG_RE, protected_matcher
 from previews.errors import ValidationError
 
 
@@ -266,10 +269,12 @@ def _lookup(pr_states: PrLookup) -> Callable[[int], PrStatus]:
     return cached
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
+class _Rule(NamedTuple):
+    """A tag's rule decision; ``pr`` is its parsed ``(pr_number, sha)``. A tuple: built once per tag."""
+
     delete: bool
     reason: Reason
+    pr: tuple[int, str] | None = None
 
 
 def _tag_rules(
@@ -283,35 +288,57 @@ def _tag_rules(
     """The rule decision for every tag, before the digest-level safety checks."""
     result: dict[str, _Rule] = {}
     open_candidates: dict[int, list[tuple[str, datetime | None, str]]] = {}
+    by_pr: dict[int, tuple[bool, Reason] | None] = {}
+    protected = protected_matcher(tuple(rules.protected))
+    expired_before = now - rules.ttl  # created before this: past the TTL
     for version in listing.values():
+        created = version.created
         for tag in version.tags:
-            if is_protected(tag, rules.protected):
+            if protected(tag):
                 result[tag] = _Rule(False, Reason.PROTECTED)
                 continue
-            parsed = parse_pr_tag(tag)
-            if parsed is None:
+            match = PR_TAG_RE.fullmatch(tag)
+            if match is None:
                 result[tag] = _Rule(False, Reason.NOT_PR_TAG)
                 continue
-            if (parsed.pr_number, parsed.sha) in in_flight:
-                result[tag] = _Rule(False, Reason.IN_FLIGHT)
-                continue
-            created = version.created
-            if created is not None and now - created > rules.ttl:
-                result[tag] = _Rule(True, Reason.TTL_EXPIRED)
-                continue
-            status = lookup(parsed.pr_number)
-            if status.state is PrState.CLOSED:
-                closed = status.closed_at
-                if closed is not None and now - closed > rules.grace:
-                    result[tag] = _Rule(True, Reason.CLOSED_PAST_GRACE)
-                else:
-                    result[tag] = _Rule(False, Reason.CLOSED_IN_GRACE)
-            elif status.state is PrState.OPEN:
-                open_candidates.setdefault(parsed.pr_number, []).append((parsed.sha, created, tag))
+            pr = (int(match[1]), match[2])
+            if pr in in_flight:
+                result[tag] = _Rule(False, Reason.IN_FLIGHT, pr)
+            elif created is not None and created < expired_before:
+                result[tag] = _Rule(True, Reason.TTL_EXPIRED, pr)
             else:
-                result[tag] = _Rule(False, Reason.UNKNOWN_WITHIN_TTL)
+                if pr[0] not in by_pr:  # one verdict per PR: OPEN (None, ranked below), closed, unknown
+                    by_pr[pr[0]] = _closed_or_unknown(lookup(pr[0]), now=now, grace=rules.grace)
+                verdict = by_pr[pr[0]]
+                if verdict is None:
+                    open_candidates.setdefault(pr[0], []).append((pr[1], created, tag))
+                else:
+                    result[tag] = _Rule(verdict[0], verdict[1], pr)
+    _rank_open(open_candidates, result, now=now, keep=rules.keep_per_open_pr)
+    return result
 
-    for entries in open_candidates.values():
+
+def _closed_or_unknown(status: PrStatus, *, now: datetime, grace: timedelta) -> tuple[bool, Reason] | None:
+    """(delete, reason) for every tag of a closed or unknown PR; None for an open PR."""
+    if status.state is PrState.OPEN:
+        return None
+    if status.state is PrState.CLOSED:
+        closed = status.closed_at
+        if closed is not None and now - closed > grace:
+            return True, Reason.CLOSED_PAST_GRACE
+        return False, Reason.CLOSED_IN_GRACE
+    return False, Reason.UNKNOWN_WITHIN_TTL
+
+
+def _rank_open(
+    open_candidates: Mapping[int, list[tuple[str, datetime | None, str]]],
+    result: dict[str, _Rule],
+    *,
+    now: datetime,
+    keep: int,
+) -> None:
+    """Each open PR keeps its newest ``keep`` SHAs; older SHAs are superseded."""
+    for number, entries in open_candidates.items():
         newest: dict[str, datetime | None] = {}
         for sha, created, _tag in entries:
             if sha not in newest:
@@ -321,13 +348,13 @@ def _tag_rules(
                 newest[sha] = None if prior is None or created is None else max(prior, created)
         # Unknown creation time sorts as newest: it is never the reason a tag goes.
         ranked = sorted(newest, key=lambda s: (newest[s] is None, newest[s] or now, s), reverse=True)
-        keep = set(ranked[: rules.keep_per_open_pr])
+        kept = set(ranked[:keep])
         for sha, created, tag in entries:
-            if sha in keep:
-                result[tag] = _Rule(False, Reason.OPEN_NEWEST if created else Reason.NO_CREATED_TIME)
+            if sha in kept:
+                reason = Reason.OPEN_NEWEST if created else Reason.NO_CREATED_TIME
+                result[tag] = _Rule(False, reason, (number, sha))
             else:
-                result[tag] = _Rule(True, Reason.SUPERSEDED)
-    return result
+                result[tag] = _Rule(True, Reason.SUPERSEDED, (number, sha))
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,9 +384,11 @@ def _digests(listing: Mapping[str, ImageVersion], wanted: Mapping[str, _Rule], b
             roots.append(digest)  # an untagged top-level manifest may be pulled by digest: it stays
     undeletable: set[str] = set()
     if backend is Backend.GHCR:
+        # GitHub Packages deletes by version id: a manifest without one cannot go, so it stays, and everything
+        # it references stays with it (an untagged child index too, and that index's children).
         undeletable = {d for d in doomed if listing[d].version_id is None}
         doomed -= undeletable
-        roots.extend(sorted(undeletable))
+        roots.extend(sorted(d for d, v in listing.items() if v.version_id is None))
     staying = _reachable(roots, listing)
     doomed -= staying
     # A manifest whose children are unknown could reference any other: nothing may be deleted.
@@ -388,21 +417,23 @@ def _deletions(listing: Mapping[str, ImageVersion], digests: _Digests, backend: 
     """One action per doomed top manifest, carrying its doomed descendants; parents before children."""
     actions: list[Action] = []
     claimed: set[str] = set()
-    staying = set(digests.staying)
-    doomed = set(digests.doomed)
+    staying, doomed = digests.staying, digests.doomed
     doomed_children = {c for d in doomed for c in listing[d].children}
+    kind = ActionKind.DELETE_VERSION if backend is Backend.GHCR else ActionKind.DELETE_MANIFEST
     for digest in sorted(doomed - doomed_children) + sorted(doomed & doomed_children):
         if digest in claimed:
             continue
         claimed.add(digest)
-        children = _descendants(digest, listing, staying, claimed)
         version = listing[digest]
+        if not version.children:  # the common case: a plain image manifest
+            actions.append(Action(kind, digest, tuple(sorted(version.tags)), version.version_id))
+            continue
+        children = _descendants(digest, listing, staying, claimed)
         removed = list(version.tags)
         for child in children:
             child_version = listing.get(child.digest)
             if child_version is not None:
                 removed.extend(child_version.tags)
-        kind = ActionKind.DELETE_VERSION if backend is Backend.GHCR else ActionKind.DELETE_MANIFEST
         if backend is Backend.GHCR:
             children = tuple(c for c in children if c.version_id is not None)
         actions.append(Action(kind, digest, tuple(sorted(removed)), version.version_id, children))
@@ -453,28 +484,26 @@ def _resolve(
     deleted = {a.digest for a in actions} | {c.digest for a in actions for c in a.children}
     decisions: list[TagDecision] = []
     untags: list[Action] = []
+    unreadable = digests.unreadable
     for digest, version in listing.items():
         for tag in version.tags:
-            verdict, reason, wanted_reason = _verdict(
-                tag, digest, version, wanted, digests, deleted=deleted, supports_untag=supports_untag
-            )
+            rule = wanted[tag]
+            if digest in unreadable or (rule.delete and digest not in deleted):
+                verdict, reason, wanted_reason = _verdict(
+                    tag, digest, version, wanted, digests, deleted=deleted, supports_untag=supports_untag
+                )
+            else:  # the common cases, inline: the rule's decision stands
+                verdict = Verdict.DELETE if rule.delete else Verdict.KEEP
+                reason, wanted_reason = rule.reason, None
             if verdict is Verdict.UNTAG:
                 untags.append(Action(ActionKind.UNTAG, digest, (tag,), version.version_id))
-            parsed = parse_pr_tag(tag)
+            pr_number, sha = rule.pr or (None, None)
             decisions.append(
-                TagDecision(
-                    tag=tag,
-                    digest=digest,
-                    verdict=verdict,
-                    reason=reason,
-                    pr_number=parsed.pr_number if parsed else None,
-                    sha=parsed.sha if parsed else None,
-                    created=version.created,
-                    wanted=wanted_reason,
-                )
+                TagDecision(tag, digest, verdict, reason, pr_number, sha, version.created, wanted_reason)
             )
-    decisions.sort(key=lambda d: d.tag)
-    counts = Counter(f"{d.verdict.value}: {d.reason.value}" for d in decisions)
+    decisions.sort(key=attrgetter("tag"))
+    tally = Counter((d.verdict, d.reason) for d in decisions)
+    counts = {f"{v.value}: {r.value}": n for (v, r), n in tally.items()}
     return Plan(
         now=now,
         rules=rules,
@@ -488,7 +517,7 @@ def _resolve(
 
 
 def _descendants(
-    digest: str, listing: Mapping[str, ImageVersion], staying: set[str], claimed: set[str]
+    digest: str, listing: Mapping[str, ImageVersion], staying: frozenset[str], claimed: set[str]
 ) -> tuple[ChildManifest, ...]:
     """Children (transitively) of a doomed manifest that nothing staying references, each claimed once."""
     found: list[ChildManifest] = []

@@ -7,8 +7,9 @@ push ``latest``, ``master-*`` or anything else in the production namespace.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from previews.core.names import parse_pr_number, parse_sha
@@ -42,9 +43,19 @@ def parse_pr_tag(tag: str) -> PrTag | None:
 
 def is_protected(tag: str, protected: Iterable[str] = DEFAULT_PROTECTED) -> bool:
     """True when ``tag`` is a release or production tag that `previews` must never write or delete."""
-    if SEMVER_RE.fullmatch(tag):
-        return True
-    return any(fnmatch.fnmatchcase(tag, pattern) for pattern in protected)
+    return protected_matcher(tuple(protected))(tag)
+
+
+@functools.lru_cache(maxsize=32)
+def protected_matcher(protected: tuple[str, ...]) -> Callable[[str], bool]:
+    """One compiled test for "semver-looking, or matches any of ``protected``" (fnmatch, case-sensitive)."""
+    patterns = [SEMVER_RE.pattern, *(fnmatch.translate(p) for p in protected)]
+    combined = re.compile("|".join(f"(?:{p})" for p in patterns), re.ASCII)
+
+    def matches(tag: str) -> bool:
+        return combined.fullmatch(tag) is not None
+
+    return matches
 
 
 def pr_tag(pr_number: int, sha: str, *, sha_length: int = MAX_SHA_LENGTH) -> str:

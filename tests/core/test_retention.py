@@ -207,6 +207,90 @@ def test_ghcr_actions_use_version_ids_and_skip_versions_without_one() -> None:
     assert decision(plan, "pr-2-abcdef0") == (Verdict.KEEP, Reason.NO_VERSION_ID)
 
 
+def _deleted_and_reachable_from_staying(plan: Plan, versions: list[ImageVersion]) -> set[str]:
+    """Deleted digests that a manifest which stays still reaches, transitively (must be empty)."""
+    by_digest = {v.digest: v for v in versions}
+    deleted = plan.deleted_digests
+    stack = [v.digest for v in versions if v.digest not in deleted]
+    seen: set[str] = set()
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            known = by_digest.get(current)
+            stack.extend(known.children if known else ())
+    return seen & deleted
+
+
+def test_ghcr_child_index_without_a_version_id_stays_with_its_children() -> None:
+    """Regression (Hypothesis): the removed index's untagged child index has no version id, so it stays; its
+    own children were still deleted inside the parent's action, breaking the staying index."""
+    index, child_index, grandchild = digest(1), digest(2), digest(3)
+    versions = [
+        ImageVersion(index, ("pr-1-abcdef0",), ago(days=2), children=(child_index,), version_id=101),
+        ImageVersion(child_index, (), ago(days=2), children=(grandchild,)),
+        ImageVersion(grandchild, (), ago(days=2), version_id=103),
+    ]
+    plan = plan_retention(versions, {1: closed(48)}, now=NOW, backend=Backend.GHCR)
+    assert [(a.version_id, a.children) for a in plan.actions] == [(101, ())]
+    assert plan.deleted_digests == {index}
+    assert not _deleted_and_reachable_from_staying(plan, versions)
+
+
+@pytest.mark.parametrize("backend", list(Backend))
+def test_removed_index_keeps_grandchildren_of_a_child_index_that_a_kept_index_shares(
+    backend: Backend,
+) -> None:
+    removed, kept, shared_index, grandchild, own_child = digest(1), digest(2), digest(3), digest(4), digest(5)
+    versions = [
+        ImageVersion(removed, ("pr-1-abcdef0",), ago(days=2), (shared_index, own_child), version_id=1),
+        ImageVersion(kept, ("main-1",), ago(days=2), (shared_index,), version_id=2),
+        ImageVersion(shared_index, (), ago(days=2), (grandchild,), version_id=3),
+        ImageVersion(grandchild, (), ago(days=2), version_id=4),
+        ImageVersion(own_child, (), ago(days=2), version_id=5),
+    ]
+    plan = plan_retention(versions, {1: closed(48)}, now=NOW, backend=backend)
+    assert [(a.digest, [c.digest for c in a.children]) for a in plan.actions] == [(removed, [own_child])]
+    assert not _deleted_and_reachable_from_staying(plan, versions)
+
+
+@st.composite
+def shared_child_indexes(draw: st.DrawFn) -> list[ImageVersion]:
+    """A removed index whose child index stays (kept by another tag, or without a GHCR version id), over a
+    random tree of grandchildren that the removed index may also reference directly."""
+    depth = draw(st.integers(1, 4))
+    chain = [digest(100 + i) for i in range(depth)]
+    extra = draw(st.lists(st.sampled_from(chain), max_size=2, unique=True))
+    keeper = draw(st.sampled_from(["kept-tag", "no-version-id"]))
+    versions = [
+        ImageVersion(digest(1), ("pr-1-abcdef0",), ago(days=2), (chain[0], *extra), version_id=1),
+        ImageVersion(
+            chain[0],
+            (),
+            ago(days=2),
+            tuple(chain[1:2]),
+            version_id=None if keeper == "no-version-id" else 100,
+        ),
+        *(
+            ImageVersion(chain[i], (), ago(days=2), tuple(chain[i + 1 : i + 2]), version_id=100 + i)
+            for i in range(1, depth)
+        ),
+    ]
+    if keeper == "kept-tag":
+        versions.append(ImageVersion(digest(2), ("main-1",), ago(days=2), (chain[0],), version_id=2))
+    return versions
+
+
+@settings(max_examples=200, deadline=None)
+@given(versions=shared_child_indexes(), backend=st.sampled_from(list(Backend)), untag=st.booleans())
+def test_everything_a_staying_child_index_reaches_stays(
+    versions: list[ImageVersion], backend: Backend, untag: bool
+) -> None:
+    plan = plan_retention(versions, {1: closed(48)}, now=NOW, backend=backend, supports_untag=untag)
+    assert not _deleted_and_reachable_from_staying(plan, versions)
+    assert decision(plan, "pr-1-abcdef0")[0] is Verdict.DELETE
+
+
 def test_a_kept_index_whose_references_cannot_be_read_blocks_every_deletion() -> None:
     """Fail closed (issue 13): a kept index read that failed must not make its children look unreferenced."""
     child_a, child_b = digest(10), digest(11)
