@@ -2,12 +2,13 @@
 
     python bench/cleanup.py                     # both parts
     python bench/cleanup.py --skip-registry     # planner only
-    python bench/cleanup.py --tags 2000 --prs 300 --versions 100000
+    python bench/cleanup.py --tags 2000 --prs 300 --versions 100000 --concurrency 1,8
 
 The registry part starts Debian's docker-registry on 127.0.0.1 (as the tests do), uploads ``--tags`` pr-* tags
 of ``--prs`` PRs in mixed states plus protected tags, shared digests and OCI indexes through the registry API,
 lists, plans, applies, then checks that exactly the planned tags are gone and every remaining tag still
-resolves with all its blobs and children.
+resolves with all its blobs and children. ``--concurrency 1,8`` repeats that with a fresh repository for each
+number of concurrent deletions (1 is how cleanup deleted before: one at a time), side by side in one run.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def pr_states(prs: int, rng: random.Random) -> dict[int, PrStatus]:
     return states  # the rest are unknown
 
 
-def bench_plan(count: int, prs: int) -> None:
+def bench_plan(count: int, prs: int) -> float:
     rng = random.Random(1)
     states = pr_states(prs, rng)
     versions = []
@@ -80,11 +81,12 @@ def bench_plan(count: int, prs: int) -> None:
         f"plan: {count} versions, {prs} PRs: best {min(timings):.2f} s, worst {max(timings):.2f} s "
         f"({deletes} tags to delete, {len(plan.actions)} actions)"
     )
+    return min(timings)
 
 
-def populate(oci: OciRegistry, tags: int, prs: int, rng: random.Random) -> dict[str, str]:
+def populate(oci: OciRegistry, tags: int, prs: int, rng: random.Random, repo: str) -> dict[str, str]:
     """Upload the images; returns tag -> digest."""
-    layer = oci.ensure_blob(REPO, b"bench-layer-" * 64)
+    layer = oci.ensure_blob(repo, b"bench-layer-" * 64)
 
     def image(n: int, created: datetime) -> tuple[bytes, str]:
         config = json.dumps(
@@ -96,7 +98,7 @@ def populate(oci: OciRegistry, tags: int, prs: int, rng: random.Random) -> dict[
                 "rootfs": {"type": "layers", "diff_ids": []},
             }
         ).encode()
-        digest = oci.ensure_blob(REPO, config)
+        digest = oci.ensure_blob(repo, config)
         body = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -128,7 +130,7 @@ def populate(oci: OciRegistry, tags: int, prs: int, rng: random.Random) -> dict[
         if number not in uploads:
             uploads[number] = image(number, NOW - timedelta(hours=hours))
         body, media = uploads[number]
-        return tag, oci.put_manifest(REPO, tag, body, media)
+        return tag, oci.put_manifest(repo, tag, body, media)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         result = dict(pool.map(upload, plan))
@@ -142,69 +144,78 @@ def populate(oci: OciRegistry, tags: int, prs: int, rng: random.Random) -> dict[
             "mediaType": OCI_INDEX,
             "manifests": [{"mediaType": OCI_MANIFEST, "digest": c, "size": 1} for c in children],
         }
-        result[tag] = oci.put_manifest(REPO, tag, json.dumps(body).encode(), OCI_INDEX)
+        result[tag] = oci.put_manifest(repo, tag, json.dumps(body).encode(), OCI_INDEX)
 
     index("stable", digests[:2])
     index(f"pr-{prs}-{'f' * 7}", digests[1:3])
     return result
 
 
-def bench_registry(tags: int, prs: int) -> None:
+def bench_registry(tags: int, prs: int, concurrency: list[int]) -> dict[int, float]:
+    """Apply seconds per concurrency, each on its own freshly populated repository of one registry."""
     from tests.support.services import run_registry
 
-    rng = random.Random(2)
-    states = pr_states(prs, rng)
+    applied: dict[int, float] = {}
     with (
         run_registry(Path(tempfile.mkdtemp(prefix="bench-cleanup-")) / "registry") as reg,
-        OciRegistry(reg.url, username=reg.username, password=SecretStr(reg.password)) as oci,
+        OciRegistry(reg.url, username=reg.username, password=SecretStr(reg.password), workers=8) as oci,
     ):
-        start = time.perf_counter()
-        before = populate(oci, tags, prs, rng)
-        populate_s = time.perf_counter() - start
-        target = OciRepository(oci, REPO)
+        for workers in concurrency:
+            applied[workers] = _one_cleanup(oci, tags, prs, workers, f"{REPO}-c{workers}")
+    return applied
 
-        start = time.perf_counter()
-        versions = target.list_versions()
-        list_s = time.perf_counter() - start
-        start = time.perf_counter()
-        plan = plan_retention(versions, states, now=NOW, supports_untag=True)
-        plan_s = time.perf_counter() - start
-        start = time.perf_counter()
-        report = apply_plan(plan, target)
-        apply_s = time.perf_counter() - start
 
-        remaining = set(oci.tags(REPO))
-        expected = set(before) - plan.removed_tags
-        start = time.perf_counter()
-        broken = []
-        for tag in sorted(remaining):
-            manifest = oci.manifest(REPO, tag)
-            refs = [oci.manifest(REPO, c) for c in manifest.children] if manifest.is_index else [manifest]
-            for ref in refs:
-                for blob in [ref.body["config"], *ref.body.get("layers", [])]:
-                    if not oci.blob_exists(REPO, blob["digest"]):
-                        broken.append(tag)
-        gone = 0
-        for digest in plan.deleted_digests:
-            try:
-                oci.manifest(REPO, digest)
-            except RegistryNotFoundError:
-                gone += 1
-        verify_s = time.perf_counter() - start
-        pr_tags = sum(1 for t in before if t.startswith("pr-"))
-        print(f"registry: {len(before)} tags ({pr_tags} pr-*) of {prs} PRs, {len(versions)} manifests")
-        print(
-            f"  populate {populate_s:.1f} s, list {list_s:.1f} s, plan {plan_s:.3f} s, apply {apply_s:.1f} s"
-        )
-        print(f"  cleanup wall time (list + plan + apply): {list_s + plan_s + apply_s:.1f} s")
-        print(f"  plan: {dict(plan.counts)}")
-        print(
-            f"  actions {len(plan.actions)}, failed {len(report.failed)}, digests gone {gone}/{len(plan.deleted_digests)}"
-        )
-        print(f"  verify (every remaining tag's manifest, children and blobs): {verify_s:.1f} s")
-        print(f"  remaining == expected: {remaining == expected}; broken remaining images: {len(broken)}")
-        if remaining != expected or broken or report.failed or gone != len(plan.deleted_digests):
-            raise SystemExit("cleanup did not end in exactly the planned state")
+def _one_cleanup(oci: OciRegistry, tags: int, prs: int, workers: int, repo: str) -> float:
+    rng = random.Random(2)
+    states = pr_states(prs, rng)
+    start = time.perf_counter()
+    before = populate(oci, tags, prs, rng, repo)
+    populate_s = time.perf_counter() - start
+    target = OciRepository(oci, repo, concurrency=workers)
+
+    start = time.perf_counter()
+    versions = target.list_versions()
+    list_s = time.perf_counter() - start
+    start = time.perf_counter()
+    plan = plan_retention(versions, states, now=NOW, supports_untag=True)
+    plan_s = time.perf_counter() - start
+    start = time.perf_counter()
+    report = apply_plan(plan, target)
+    apply_s = time.perf_counter() - start
+
+    remaining = set(oci.tags(repo))
+    expected = set(before) - plan.removed_tags
+    start = time.perf_counter()
+    broken = []
+    for tag in sorted(remaining):
+        manifest = oci.manifest(repo, tag)
+        refs = [oci.manifest(repo, c) for c in manifest.children] if manifest.is_index else [manifest]
+        for ref in refs:
+            for blob in [ref.body["config"], *ref.body.get("layers", [])]:
+                if not oci.blob_exists(repo, blob["digest"]):
+                    broken.append(tag)
+    gone = 0
+    for digest in plan.deleted_digests:
+        try:
+            oci.manifest(repo, digest)
+        except RegistryNotFoundError:
+            gone += 1
+    verify_s = time.perf_counter() - start
+    pr_tags = sum(1 for t in before if t.startswith("pr-"))
+    print(
+        f"registry, {workers} concurrent deletions: {len(before)} tags ({pr_tags} pr-*) of {prs} PRs, {len(versions)} manifests"
+    )
+    print(f"  populate {populate_s:.1f} s, list {list_s:.1f} s, plan {plan_s:.3f} s, apply {apply_s:.1f} s")
+    print(f"  cleanup wall time (list + plan + apply): {list_s + plan_s + apply_s:.1f} s")
+    print(f"  plan: {dict(plan.counts)}")
+    print(
+        f"  actions {len(plan.actions)}, failed {len(report.failed)}, digests gone {gone}/{len(plan.deleted_digests)}"
+    )
+    print(f"  verify (every remaining tag's manifest, children and blobs): {verify_s:.1f} s")
+    print(f"  remaining == expected: {remaining == expected}; broken remaining images: {len(broken)}")
+    if remaining != expected or broken or report.failed or gone != len(plan.deleted_digests):
+        raise SystemExit("cleanup did not end in exactly the planned state")
+    return apply_s
 
 
 def main() -> None:
@@ -215,10 +226,11 @@ def main() -> None:
     parser.add_argument("--tags", type=int, default=2000)
     parser.add_argument("--prs", type=int, default=300)
     parser.add_argument("--skip-registry", action="store_true")
+    parser.add_argument("--concurrency", default="1,8", help="concurrent deletions to compare, e.g. 1,8")
     args = parser.parse_args()
     bench_plan(args.versions, args.prs)
     if not args.skip_registry:
-        bench_registry(args.tags, args.prs)
+        bench_registry(args.tags, args.prs, [int(n) for n in args.concurrency.split(",")])
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     cleanup_keep_per_open_pr: int = Field(default=1, ge=1, le=100)
     cleanup_ttl_days: float = Field(default=30.0, gt=0, le=3650)
     cleanup_deletes_per_minute: float = Field(default=180.0, gt=0, le=1000)
+    cleanup_concurrency: int = Field(
+        default=8, ge=1, le=32, description="deletions a cleanup runs at once on an OCI registry (GHCR: one)"
+    )
     cleanup_ghcr_owner_kind: Literal["org", "user"] = "org"
 
     # Source checkout

@@ -204,7 +204,7 @@ class Wiring:
                 manifests=manifests,
             )
         registry = OciRegistry(registry_url(s.registry), username=s.registry_username, password=token)
-        return OciRepository(registry, image)
+        return OciRepository(registry, image, concurrency=s.cleanup_concurrency)
 
     # --- receiver -----------------------------------------------------------------------------------------
 

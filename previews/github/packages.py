@@ -78,6 +78,7 @@ class GhcrPackage:
 
     backend = Backend.GHCR
     supports_untag = False
+    concurrency = 1  # GitHub asks for mutating requests one at a time; deletes are paced below its limit
 
     def __init__(
         self,

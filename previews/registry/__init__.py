@@ -11,14 +11,25 @@ how long to wait); Prefect task retries are the retry layer of flow work. :func:
 documented exception: it paces and retries each deletion itself (honouring ``retry_after``), because a
 task-level retry would start the whole run again, listing and rechecking included, for one rate-limited
 delete out of hundreds.
+
+Concurrency: the deletions are independent of each other (each carries its own children), so up to
+``target.concurrency`` of them run at once, after the untags (one at a time) (``PREVIEWS_CLEANUP_CONCURRENCY``, default 8). The safety recheck
+still runs once before the first deletion and each action is still checked against it; when the remote asks
+one worker to wait (``retry_after``), every worker waits; an auth failure stops the others from starting new
+actions. GHCR runs one action at a time (GitHub asks for mutating requests to be made serially, and its ~180
+deletes per minute, paced in the adapter, are the limit there anyway).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain
 from typing import Protocol
 
 from previews.core.retention import Action, ActionKind, Backend, ImageVersion, Plan
@@ -36,6 +47,7 @@ class CleanupTarget(Protocol):
 
     backend: Backend
     supports_untag: bool
+    concurrency: int  # how many actions may run at once
 
     def list_versions(self) -> list[ImageVersion]:
         """Every manifest with its tags, created time and children."""
@@ -107,19 +119,53 @@ def _perform(target: CleanupTarget, action: Action) -> None:
         target.delete_manifest(action.digest)
 
 
+class _Gate:
+    """Shared by the workers of one run: when the remote asks one of them to wait, the others wait too."""
+
+    def __init__(self, sleep: Callable[[float], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self._sleep, self._clock = sleep, clock
+        self._lock = threading.Lock()
+        self._until = 0.0
+
+    def hold(self, seconds: float) -> None:
+        """No new request before ``seconds`` from now."""
+        with self._lock:
+            self._until = max(self._until, self._clock() + seconds)
+
+    def pass_through(self) -> None:
+        """Wait out a hold another worker set."""
+        with self._lock:
+            remaining = self._until - self._clock()
+        if remaining > 0:
+            self._sleep(remaining)
+
+
 def _with_retries(
-    call: Callable[[], None], *, retries: int, max_wait: float, backoff: float, sleep: Callable[[float], None]
+    call: Callable[[], None],
+    *,
+    retries: int,
+    max_wait: float,
+    backoff: float,
+    sleep: Callable[[float], None],
+    gate: _Gate | None = None,
 ) -> int:
     attempt = 0
+    slept = False
     while True:
         attempt += 1
+        if gate is not None and not slept:
+            gate.pass_through()
         try:
             call()
         except TransientError as exc:
             if attempt > retries:
                 raise
             wait = exc.retry_after if exc.retry_after is not None else backoff * 2 ** (attempt - 1)
-            sleep(min(max(wait, 0.0), max_wait))
+            wait = min(max(wait, 0.0), max_wait)
+            if gate is not None and exc.retry_after is not None:
+                gate.hold(wait)  # the remote's limit applies to every worker, not just this one
+            sleep(wait)
+            slept = True
             continue
         return attempt
 
@@ -169,11 +215,17 @@ class _Pacing:
     max_wait: float
     backoff: float
     sleep: Callable[[float], None]
+    gate: _Gate | None = None
 
     def attempt(self, call: Callable[[], None]) -> int:
         """Run ``call`` until it succeeds; returns the number of attempts."""
         return _with_retries(
-            call, retries=self.retries, max_wait=self.max_wait, backoff=self.backoff, sleep=self.sleep
+            call,
+            retries=self.retries,
+            max_wait=self.max_wait,
+            backoff=self.backoff,
+            sleep=self.sleep,
+            gate=self.gate,
         )
 
 
@@ -246,22 +298,77 @@ def apply_plan(
     backoff: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
     on_done: Callable[[ActionOutcome], None] | None = None,
+    concurrency: int | None = None,
 ) -> ApplyReport:
-    """Carry out ``plan`` on ``target``; returns what happened to every action.
+    """Carry out ``plan`` on ``target``; returns what happened to every action, in plan order.
 
     With ``recheck`` (the default) the tags are read again first and any deletion whose manifest a staying
     tag now reaches is skipped (see :func:`still_referenced`). A manifest already gone (404) counts as done.
-    ``on_done`` is called after each action (events, logs).
+    ``on_done`` is called after each action, in plan order, on the calling thread (events, logs). Up to
+    ``concurrency`` actions (default: ``target.concurrency``) run at once.
     """
     if plan.backend is not target.backend:
         raise PermanentError(f"plan is for {plan.backend.value}, target is {target.backend.value}")
     start = time.monotonic()
     references = still_referenced(plan, target) if recheck and plan.actions else References(frozenset(), {})
-    pacing = _Pacing(retries, max_wait, backoff, sleep)
+    workers = max(1, target.concurrency if concurrency is None else concurrency)
+    pacing = _Pacing(retries, max_wait, backoff, sleep, _Gate(sleep) if workers > 1 else None)
+
+    def carry_out(action: Action) -> ActionOutcome:
+        return _carry_out(target, action, references, pacing)
+
+    # Untags go first and one at a time: an untag writes a tag, and Distribution's DELETE reads every tag of
+    # the repository after removing the manifest; a tag caught mid-write fails that DELETE half-done (the
+    # manifest gone, its tags left behind). Measured: concurrent untags and deletes left dangling tags.
+    serial = 1 + max((i for i, a in enumerate(plan.actions) if a.kind is ActionKind.UNTAG), default=-1)
     outcomes: list[ActionOutcome] = []
-    for action in plan.actions:
-        outcome = _carry_out(target, action, references, pacing)
+    for outcome in chain(
+        _each(plan.actions[:serial], carry_out, 1), _each(plan.actions[serial:], carry_out, workers)
+    ):
         outcomes.append(outcome)
         if on_done:
             on_done(outcome)
     return ApplyReport(tuple(outcomes), round(time.monotonic() - start, 3))
+
+
+class _Stopped(Exception):
+    """An action not started because another one failed in a way that stops the run."""
+
+
+def _each(
+    actions: Sequence[Action], carry_out: Callable[[Action], ActionOutcome], workers: int
+) -> Iterator[ActionOutcome]:
+    """Each action's outcome in plan order, up to ``workers`` at a time; the first error stops the rest."""
+    if workers == 1 or len(actions) < 2:
+        for action in actions:
+            yield carry_out(action)
+        return
+    stop = threading.Event()
+
+    def guarded(action: Action) -> ActionOutcome:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            return carry_out(action)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cleanup") as pool:
+        futures = [pool.submit(guarded, action) for action in actions]
+        try:
+            for future in futures:
+                if future.exception() is not None:
+                    raise _first_error(futures)
+                yield future.result()
+        finally:
+            stop.set()  # also when the caller stops early: nothing queued starts after that
+
+
+def _first_error(futures: list[Future[ActionOutcome]]) -> BaseException:
+    """The error that stopped the run (not a :class:`_Stopped`), once every started action has ended."""
+    for future in futures:  # stop is already set by the failed action; cancel what has not started
+        future.cancel()
+    wait_all([f for f in futures if not f.cancelled()])
+    errors = [f.exception() for f in futures if not f.cancelled()]
+    return next((e for e in errors if e is not None and not isinstance(e, _Stopped)), _Stopped())

@@ -42,6 +42,7 @@ from previews.errors import (
     RegistryError,
     RegistryNotFoundError,
     TransientRegistryError,
+    ValidationError,
 )
 from previews.http import MAX_REDIRECTS, PageChain, check_origin, is_https, origin, redirect_location
 from previews.redact import redact_url
@@ -449,15 +450,21 @@ class OciRegistry:
         self.delete_manifest(repository, digest)
 
 
+MAX_CONCURRENCY = 32
+
+
 class OciRepository:
     """One repository of an OCI registry, as a cleanup target."""
 
     backend = Backend.OCI
     supports_untag = True
 
-    def __init__(self, registry: OciRegistry, repository: str) -> None:
+    def __init__(self, registry: OciRegistry, repository: str, *, concurrency: int = 1) -> None:
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValidationError("cleanup_concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
         self.registry = registry
         self.repository = parse_image_repository(repository, field="repository")
+        self.concurrency = concurrency  # deletions a cleanup runs at once
 
     def list_versions(self) -> list[ImageVersion]:
         """Every tagged manifest of the repository."""

@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ def test_list_plan_apply_keeps_every_remaining_image_whole(
         8: PrStatus(PrState.CLOSED, past),
     }
     with oci_for(registry) as oci:
-        target = OciRepository(oci, repo)
+        target = OciRepository(oci, repo, concurrency=4)  # deletions, untags and children run concurrently
         versions = target.list_versions()
         by_digest = {v.digest: v for v in versions}
         assert by_digest[d["b"]].tags == ("latest", "pr-2-bbbbbbb")
@@ -334,3 +335,86 @@ def test_tag_promoted_after_listing_saves_the_manifest(registry: Registry) -> No
         assert registry.tags(repo) == ["latest", "pr-1-aaaaaaa"]
         with pytest.raises(RegistryNotFoundError):
             oci.manifest(repo, other)
+
+
+def _many_closed_images(oci: OciRegistry, repo: str, count: int) -> dict[str, str]:
+    """``count`` layer-less images tagged ``pr-<n>-<sha>`` plus a protected ``latest``; tag -> digest."""
+    made = {f"pr-{n}-{n:07x}": _image(oci, repo, f"pr-{n}-{n:07x}", f"m{n}") for n in range(1, count + 1)}
+    made["latest"] = _image(oci, repo, "latest", "kept")
+    return made
+
+
+def test_concurrent_deletes_end_in_exactly_the_planned_state(registry: Registry) -> None:
+    repo = f"cleanuptest/concurrent-{uuid.uuid4().hex[:8]}"
+    closed = PrStatus(PrState.CLOSED, datetime.now(UTC) - timedelta(days=3))
+    with oci_for(registry) as oci:
+        made = _many_closed_images(oci, repo, 24)
+        target = OciRepository(oci, repo, concurrency=8)
+        plan = plan_retention(
+            target.list_versions(), dict.fromkeys(range(1, 25), closed), now=datetime.now(UTC)
+        )
+        done_order: list[str] = []
+        report = apply_plan(
+            plan, target, sleep=lambda s: None, on_done=lambda o: done_order.append(o.action.digest)
+        )
+        assert report.failed == ()
+        assert [o.action for o in report.outcomes] == list(plan.actions)  # reported in plan order
+        assert done_order == [a.digest for a in plan.actions]
+        assert registry.tags(repo) == ["latest"]
+        assert oci.manifest(repo, "latest").digest == made["latest"]
+        for tag, digest_ in made.items():
+            if tag != "latest":
+                with pytest.raises(RegistryNotFoundError):
+                    oci.manifest(repo, digest_)
+
+
+def test_a_rate_limit_answer_holds_every_worker(registry: Registry) -> None:
+    repo = f"cleanuptest/limited-{uuid.uuid4().hex[:8]}"
+    closed = PrStatus(PrState.CLOSED, datetime.now(UTC) - timedelta(days=3))
+    with oci_for(registry) as direct:
+        _many_closed_images(direct, repo, 20)
+    sleeps: list[float] = []
+    lock = threading.Lock()
+
+    def sleep(seconds: float) -> None:
+        with lock:
+            sleeps.append(seconds)
+        time.sleep(seconds)
+
+    with (
+        FaultProxy(upstream=registry.host) as proxy,
+        OciRegistry(proxy.url, username=registry.username, password=SecretStr(registry.password)) as oci,
+    ):
+        target = OciRepository(oci, repo, concurrency=4)
+        plan = plan_retention(
+            target.list_versions(), dict.fromkeys(range(1, 21), closed), now=datetime.now(UTC)
+        )
+        proxy.fail_next(1, status=429, headers={"Retry-After": "1"}, method="DELETE")
+        report = apply_plan(plan, target, sleep=sleep)
+    assert report.failed == ()
+    assert sorted(o.attempts for o in report.outcomes)[-1] == 2
+    assert 1.0 in sleeps  # the limited worker waited what the registry asked
+    assert len(sleeps) >= 2, "the other workers went on sending while the registry asked to wait"
+    assert all(0 < s <= 1.0 for s in sleeps)
+    assert registry.tags(repo) == ["latest"]
+
+
+def test_an_auth_failure_stops_the_other_workers(registry: Registry) -> None:
+    repo = f"cleanuptest/denied-{uuid.uuid4().hex[:8]}"
+    closed = PrStatus(PrState.CLOSED, datetime.now(UTC) - timedelta(days=3))
+    with oci_for(registry) as direct:
+        _many_closed_images(direct, repo, 30)
+    with (
+        FaultProxy(upstream=registry.host) as proxy,
+        OciRegistry(proxy.url, username=registry.username, password=SecretStr(registry.password)) as oci,
+    ):
+        target = OciRepository(oci, repo, concurrency=4)
+        plan = plan_retention(
+            target.list_versions(), dict.fromkeys(range(1, 31), closed), now=datetime.now(UTC)
+        )
+        proxy.fail_next(1, status=403, method="DELETE")
+        with pytest.raises(AuthError):
+            apply_plan(plan, target, sleep=lambda s: None)
+        deletes = [s for s in proxy.seen if s.method == "DELETE"]
+    assert len(deletes) < 15, f"{len(deletes)} deletes were sent after a 403 stopped the run"
+    assert len(registry.tags(repo)) > 15
