@@ -1,7 +1,8 @@
 """The ``previews`` command (argparse): parses, then runs a flow, the receiver or the local stack.
 
 ``previews build`` runs the preview-image flow once, in this process, against the Prefect API in
-``PREFECT_API_URL`` (or a temporary local one). Exit status: 0 pushed or skipped, 2 invalid input, 1 failed.
+``PREFECT_API_URL``, else a running ``previews up``'s server, else a temporary local one
+(:mod:`previews.local.prefect_api`). Exit status: 0 pushed or skipped, 2 invalid input, 1 failed.
 """
 
 from __future__ import annotations
@@ -42,12 +43,19 @@ def _build(args: argparse.Namespace) -> int:
     if not (args.debug or args.verbose):
         # The run's full log (build output, tracebacks) is in the Prefect UI; the terminal gets one sentence.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from previews.local.prefect_api import one_shot_api
 
+    with one_shot_api() as api:  # a temporary server boots while the flow and Prefect are imported
+        return _run_build(args, settings, api.ready)
+
+
+def _run_build(args: argparse.Namespace, settings: Any, api_ready: Callable[[], None]) -> int:
     from blocks import load_wiring
     from flows.preview_image import preview_image
     from previews.core.outcome import PreviewResult
 
     run = preview_image.over(partial(load_wiring, settings))
+    api_ready()
     state = run(repository=args.repository, pr_number=int(args.pr), head_sha=args.sha, return_state=True)
     run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_completed():

@@ -58,7 +58,9 @@ def test_up_demo_builds_a_pr_image_through_the_whole_chain(tmp_path: Path) -> No
     assert re.fullmatch(r"127\.0\.0\.1:\d+/demo-org/preview-demo:pr-2-[0-9a-f]{40}", image.group(1))
     assert re.search(r"^accepted->running:\s+\d+\.\d+s$", out, re.M)
 
-    # Everything it started is stopped: nothing answers on its ports any more.
+    # Everything it started is stopped: nothing answers on its ports any more, and no `previews build` is sent
+    # to its server any more (the note naming it is gone).
+    assert not (tmp_path / "state" / "prefect-api-url").exists()
     for port in (prefect_port, receiver_port):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0

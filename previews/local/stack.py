@@ -33,7 +33,7 @@ import httpx
 
 from previews.docker_engine import check_engine
 from previews.errors import DockerUnavailableError, PreviewsError
-from previews.local import demo, processes
+from previews.local import demo, prefect_api, processes
 
 
 class StackError(PreviewsError):
@@ -220,13 +220,14 @@ def run_stack(
         )
         _wait_http(f"http://127.0.0.1:{receiver_port}/healthz", receiver, rlog, timeout=60)
         _wait_for_deployments(api_url, runner, log, timeout=120)
-        yield Running(
-            stack=stack,
-            ui=f"http://127.0.0.1:{prefect_port}",
-            api=api_url,
-            receiver=f"http://127.0.0.1:{receiver_port}/webhooks/github",
-            logs=state_dir / "logs",
-        )
+        with prefect_api.noted(state_dir, api_url):  # `previews build` here uses this server while it runs
+            yield Running(
+                stack=stack,
+                ui=f"http://127.0.0.1:{prefect_port}",
+                api=api_url,
+                receiver=f"http://127.0.0.1:{receiver_port}/webhooks/github",
+                logs=state_dir / "logs",
+            )
     finally:
         stack.stop()
 
