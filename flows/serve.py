@@ -1,28 +1,85 @@
 """Serve the deployments from this process (``python -m flows.serve``), as ``previews up`` does.
 
 Production runs them on a Docker work pool from prefect.yaml instead; the triggers are the same.
+
+Each flow run gets a process of its own, as Prefect's runner gives it, but not a cold one: Prefect starts it
+with multiprocessing's ``spawn`` (a new interpreter that imports Prefect and the flow: 1.5-3 s of every run
+on this machine, see bench/breakdown.py), and :func:`warm_start` has it forked instead from a ``forkserver``
+that imported them once, at startup. The run's environment and settings are handed over exactly as before.
+``PREVIEWS_RUNNER_START=spawn`` keeps Prefect's own way.
 """
 
 from __future__ import annotations
 
-from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import types
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.exceptions import TerminationSignal
+from prefect.runner import Runner
 
 from flows.preview_image import preview_image
 from flows.preview_teardown import preview_teardown
 from flows.triggers import image_trigger, teardown_trigger
 
+WARM_MODULES = ("prefect.flow_engine", "flows.preview_image", "flows.preview_teardown")
+
+
+class _WarmContext:
+    """``multiprocessing`` as Prefect's ``run_flow_in_subprocess`` sees it: every context is the forkserver."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        self._context = context
+
+    def get_context(self, method: str | None = None) -> multiprocessing.context.BaseContext:
+        return self._context
+
+
+def warm_start(modules: Sequence[str] = WARM_MODULES, environ: dict[str, str] | None = None) -> bool:
+    """Start flow-run processes from a forkserver that imported ``modules``; False when turned off.
+
+    Prefect's runner starts a served flow's run through ``prefect.runner._starter_direct``'s module-level
+    ``run_flow_in_subprocess`` (documented there as the point to patch); this puts a copy of Prefect's
+    function there whose multiprocessing context is the warm forkserver, its code unchanged.
+    """
+    if (environ if environ is not None else os.environ).get("PREVIEWS_RUNNER_START") == "spawn":
+        return False
+    import prefect.flow_engine as flow_engine
+    import prefect.runner._starter_direct as starter
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(modules))
+    multiprocessing.forkserver.ensure_running()  # imports the modules now, not during the first run
+    original: Any = flow_engine.run_flow_in_subprocess
+    namespace = {**original.__globals__, "multiprocessing": _WarmContext(context)}
+    warm = types.FunctionType(original.__code__, namespace, original.__name__, original.__defaults__)
+    warm.__kwdefaults__ = original.__kwdefaults__
+    warm.__doc__ = original.__doc__
+    starter.run_flow_in_subprocess = warm  # type: ignore[attr-defined]
+    return True
+
 
 def main() -> None:
     """Register the deployments with their event triggers and run their flow runs locally."""
-    image = preview_image.to_deployment(name="preview-image", triggers=[image_trigger()])
-    teardown = preview_teardown.to_deployment(name="preview-teardown", triggers=[teardown_trigger()])
-    assert isinstance(image, RunnerDeployment)
-    assert isinstance(teardown, RunnerDeployment)
+    warm = warm_start()
     # Prefect pauses served deployments on shutdown by default: an API call that retries for as long as the
     # server is unreachable, so a SIGTERM after the server stopped hung until a second SIGTERM. Leaving them
     # unpaused makes shutdown need no API call; serving them again updates them anyway.
-    serve(image, teardown, limit=4, pause_on_shutdown=False)
+    runner = Runner(limit=4, pause_on_shutdown=False)
+    # add_flow (rather than serve(to_deployment(...))) keeps the flow object in the runner, so a run starts
+    # from it in a forked process instead of a `python -m prefect.engine` that loads the entrypoint again.
+    runner.add_flow(preview_image, name="preview-image", triggers=[image_trigger()])
+    runner.add_flow(preview_teardown, name="preview-teardown", triggers=[teardown_trigger()])
+    print(
+        f"serving preview-image and preview-teardown ({'warm forkserver' if warm else 'spawn'})", flush=True
+    )
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())
 
 
 if __name__ == "__main__":

@@ -31,20 +31,31 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server", "base_
 DOCKERFILE = "FROM previews-test/busybox:1\nRUN echo {salt} && sleep 6\nRUN echo survived > /survived.txt\n"
 
 
-def flow_run_pid(run_id: uuid.UUID, *, timeout: float = 30) -> int:
-    """The PID of the process executing ``run_id`` (it carries ``PREFECT__FLOW_RUN_ID`` in its environment)."""
-    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+def flow_run_pid(run_id: uuid.UUID, marker: str, *, timeout: float = 30) -> int:
+    """The PID of the process executing ``run_id``: started by ``python -m prefect.engine`` it carries
+    ``PREFECT__FLOW_RUN_ID`` in its environment; forked from the runner's warm forkserver (flows.serve), it is
+    the forkserver's child, and both carry the served deployment's environment (``marker``, e.g. its unique
+    ``PREVIEWS_WORKSPACE_ROOT=...``). One run at a time here, so the forkserver has one child."""
+    needle, env_marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode(), marker.encode()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        forked: dict[int, int] = {}  # pid -> parent pid, of forkserver processes with the marker
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                cmdline = (entry / "cmdline").read_bytes()
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if needle in environ.split(b"\0"):
+            if needle in environ:
                 return int(entry.name)
+            if env_marker in environ and b"multiprocessing.forkserver" in cmdline:
+                forked[int(entry.name)] = parent
+        children = [pid for pid, parent in forked.items() if parent in forked]
+        if len(children) == 1:
+            return children[0]
         time.sleep(0.2)
     raise TimeoutError(f"no process runs flow run {run_id}")
 
@@ -72,7 +83,7 @@ def test_a_killed_run_is_crashed_and_its_retry_completes(
             assert time.monotonic() < deadline, task_states(run.id)
             time.sleep(0.2)
         time.sleep(1.0)
-        os.kill(flow_run_pid(run.id), signal.SIGKILL)
+        os.kill(flow_run_pid(run.id, f"PREVIEWS_WORKSPACE_ROOT={tmp_path}"), signal.SIGKILL)
         crashed = wait_final(run.id, timeout=60)
         assert crashed.state is not None
         assert crashed.state.type == StateType.CRASHED

@@ -120,14 +120,15 @@ def task_states(run_id: uuid.UUID) -> dict[str, str]:
 
 def main() -> None:
     """Serve the preview-image flow under the deployment name given on the command line."""
-    from prefect import serve
-    from prefect.deployments.runner import RunnerDeployment
+    from prefect.runner import Runner
 
     from flows.preview_image import preview_image
+    from flows.serve import warm_start
 
-    deployment = preview_image.to_deployment(name=sys.argv[1])
-    assert isinstance(deployment, RunnerDeployment)
-    serve(deployment, limit=4)
+    warm_start(("prefect.flow_engine", "flows.preview_image"))  # run processes as flows.serve starts them
+    runner = Runner(limit=4)
+    runner.add_flow(preview_image, name=sys.argv[1])
+    asyncio.run(runner.start())
 
 
 if __name__ == "__main__":
