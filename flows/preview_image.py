@@ -35,7 +35,7 @@ from pydantic import SecretStr
 
 from flows.common import Stopwatch, WiredFlow, log_notify, retry_transient_only, retrying, wired_flow
 from previews import build_cache, git
-from previews.core import plan, status
+from previews.core import checks, plan, status
 from previews.core.fingerprint import is_published
 from previews.core.names import parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
@@ -47,7 +47,7 @@ from previews.docker_engine import BuiltImage, DockerEngine, PushedImage, Regist
 from previews.errors import PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
 from previews.github.client import GitHubClient, PullRequestInfo
-from previews.github.statuses import StatusReporter
+from previews.github.reporting import Reporter
 from previews.registry.oci import OciRegistry
 from previews.runs import PrefectRuns, Supersession, flow_run_url
 from previews.settings import Settings
@@ -282,7 +282,7 @@ class _Run:
     config: BuildConfig
     wiring: Wiring
     github: GitHubClient | None
-    reporter: StatusReporter
+    reporter: Reporter
     clock: Stopwatch
     run_id: str | None
 
@@ -371,11 +371,11 @@ def _opened(wiring: Wiring, params: PreviewParams, clock: Stopwatch) -> Iterator
         if github is not None:
             stack.enter_context(github)
         url = flow_run_url(settings.ui_url)
-        reporter = StatusReporter(
-            github, params.request.repository, settings.status_context, url, get_run_logger()
+        run_id = str(flow_run.id) if flow_run.id else None
+        reporter = wiring.reporter(
+            github, params.request.repository, run_url=url, run_id=run_id, logger=get_run_logger()
         )
         reporter.use_sha(params.request.head_sha)
-        run_id = str(flow_run.id) if flow_run.id else None
         yield _Run(params, settings, settings.build_config(), wiring, github, reporter, clock, run_id)
 
 
@@ -386,7 +386,9 @@ def _reported(run: _Run) -> State:
     except TerminationSignal:
         raise  # cancelled (the superseding run posts the status) or killed: nothing more to say here
     except BaseException as exc:
-        run.reporter.post(plan.failure_status(exc))
+        failure = checks.failed_step(run.clock.failed, exc)
+        detail = checks.RunDetail(failure=failure, durations_s=run.clock.durations)
+        run.reporter.post(plan.failure_status(exc), detail)
         raise
 
 
@@ -453,6 +455,7 @@ def _subject(run: _Run) -> Subject:
 def _build_and_publish(run: _Run, subject: Subject, secrets: dict[str, SecretStr]) -> State:
     """Check out the commit; skip a docs-only change; build (or reuse) the image; then publish it."""
     workspace = _fresh_workspace(run)
+    run.reporter.started()
     try:
         with run.clock("checkout"):
             checkout = run.retrying(checkout_source)(
@@ -577,9 +580,9 @@ def _publish(run: _Run, head_sha: str, image: _Image) -> State:
 
 def _finish(run: _Run, result: PreviewResult, update: StatusUpdate | None = None) -> State:
     """Post the final commit status, write the summary artifact, end the run Completed with the outcome."""
-    if update is not None:
-        run.reporter.post(update)
     result = replace(result, durations_s=run.clock.durations, flow_run_id=run.run_id)
+    if update is not None:
+        run.reporter.post(update, checks.RunDetail(result=result))
     key = f"preview-pr-{result.pr_number}" if result.pr_number else "preview-invalid"
     create_markdown_artifact(markdown=summary_markdown(result), key=key, description=result.reason)
     return Completed(message=result.reason, data=result)
