@@ -296,6 +296,8 @@ class Wiring:
             body_read_timeout=s.body_read_timeout,
             max_concurrent_deliveries=s.max_concurrent_deliveries,
             health_headers=prefect_headers(s.prefect_api_key, s.prefect_api_auth_string),
+            check_app_id=s.github_app_id,
+            check_name=s.check_name,
         )
         outbox = self.outbox()
         forwarder = self.forwarder(outbox)
