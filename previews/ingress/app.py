@@ -4,7 +4,9 @@ Order of checks on a delivery: a free slot (at most ``PREVIEWS_MAX_CONCURRENT_DE
 processed at once; as many more may wait for one, and the rest, or one that waited past the deadline, get 503
 with ``Retry-After``), body size (413, before the body is read in full), slot and whole body within
 ``PREVIEWS_BODY_READ_TIMEOUT`` seconds of the request (408), signature over the raw bytes (401), headers
-and body (400), event type (``ping`` 200, anything but ``pull_request`` 202 ignored), allow-list (403),
+and body (400), event type (``ping`` 200; ``check_run``/``check_suite`` are the Re-run button, see
+:mod:`previews.core.rerequest`, answered 202 ``ignored`` with a reason when they start nothing; anything else
+but ``pull_request`` 202 ignored), allow-list (403),
 payload validation (400 naming the field), then the outbox commit and 202: ``accepted``, or ``duplicate``
 when the delivery id or the signed body is already in the outbox (a redelivery, or a captured body replayed
 under a new id), which starts nothing. Every refusal is a one-line JSON ``{"error": "..."}`` and leaves the
