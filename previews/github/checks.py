@@ -49,8 +49,13 @@ def _stamp(moment: datetime) -> str:
 
 
 def _http_url(url: str | None) -> str | None:
-    """``url`` when it is an http(s) URL (GitHub refuses anything else as ``details_url``), else None."""
-    return url if url is not None and url.startswith(("https://", "http://")) else None
+    """``url`` when it is an absolute http(s) URL with a host (GitHub refuses anything else as
+    ``details_url``), else None: the check run then goes without a link rather than be refused."""
+    if url is None:
+        return None
+    scheme, sep, rest = url.partition("://")
+    usable = bool(sep) and scheme.lower() in ("http", "https") and bool(rest.split("/", 1)[0])
+    return url if usable else None
 
 
 def _check_run(answer: Any) -> CheckRun:

@@ -209,13 +209,14 @@ def test_a_superseding_run_completes_the_open_check_of_the_older_sha(
     assert gh.check_runs(REPO, SHA) == []
 
 
-def test_a_run_url_that_is_not_http_is_left_out(gh: FakeGitHub, app: GitHubClient) -> None:
-    r = reporter(app, details_url="ephemeral:///runs/1")
+@pytest.mark.parametrize("url", ["ephemeral:///runs/1", "http:///runs/1", "/runs/flow-run/1"])
+def test_a_run_url_that_is_not_http_is_left_out(gh: FakeGitHub, app: GitHubClient, url: str) -> None:
+    r = reporter(app, details_url=url)
     r.post(status.pending())
     r.post(status.skipped_docs_only())
     (_, body), (_, final) = sent(gh)
     assert "details_url" not in body
-    assert "ephemeral" not in json.dumps(body) + json.dumps(final)
+    assert url not in json.dumps(body) + json.dumps(final)
     (run,) = gh.check_runs(REPO, SHA)
     assert run["details_url"] is None
 
