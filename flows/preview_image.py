@@ -3,8 +3,8 @@
 Tasks, each one adapter call and each visible in the Prefect UI: validate -> supersede -> read-pull-request
 -> checkout -> changed-files -> check-published -> warm-cache -> build -> check-superseded -> push ->
 notify-infra. Every decision is made in :mod:`previews.core.plan`; this module carries the values between the
-tasks, posts the commit statuses and writes the summary. Only transient failures are retried; invalid input
-fails at validate and touches nothing.
+tasks, reports through :class:`~previews.github.reporting.Reporter` (commit statuses and/or check runs) and
+writes the summary. Only transient failures are retried; invalid input fails at validate and touches nothing.
 
 Cancel-in-progress: ``supersede`` cancels older in-flight runs of the same PR at another SHA, skips this run
 when an older run already builds the same SHA, and stops it when a newer run exists; ``check-superseded``
