@@ -37,7 +37,7 @@ from flows.common import Stopwatch, WiredFlow, log_notify, retry_transient_only,
 from previews import build_cache, git
 from previews.core import checks, plan, status
 from previews.core.fingerprint import is_published
-from previews.core.names import parse_pr_number, parse_sha
+from previews.core.names import FULL_SHA_RE, parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
 from previews.core.plan import BuildConfig, BuildSpec, PreviewParams, Skip, Subject
 from previews.core.request import BuildRequest
@@ -46,6 +46,7 @@ from previews.core.supersede import SupersedeDecision, run_tags, stale_after
 from previews.docker_engine import BuiltImage, DockerEngine, PushedImage, RegistryLogin
 from previews.errors import PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
+from previews.github.checks import complete_open_check_runs
 from previews.github.client import GitHubClient, PullRequestInfo
 from previews.github.reporting import Reporter
 from previews.registry.oci import OciRegistry
@@ -326,12 +327,39 @@ def remove_run_workspace(flow: Flow[..., object], flow_run: FlowRun, state: Stat
         logging.getLogger(__name__).warning("could not remove the workspace of run %s", flow_run.id)
 
 
+def close_run_check(flow: Flow[..., object], flow_run: FlowRun, state: State) -> None:
+    """State hook (cancelled, crashed): complete the run's open check run so a required check never hangs."""
+    try:
+        assert isinstance(flow, WiredFlow)
+        wiring = flow.source()
+        params, settings = flow_run.parameters, wiring.settings
+        sha, repository = params.get("head_sha"), params.get("repository")
+        if not wiring.report_mode().checks or not isinstance(sha, str) or not isinstance(repository, str):
+            return
+        github = wiring.github()
+        if github is None or not FULL_SHA_RE.fullmatch(sha):
+            return
+        url = f"{settings.ui_url.rstrip('/')}/runs/flow-run/{flow_run.id}" if settings.ui_url else None
+        with github:
+            complete_open_check_runs(
+                github,
+                repository,
+                sha,
+                name=settings.check_name,
+                update=checks.run_ended(state.type.value),
+                external_id=str(flow_run.id),
+                run_url=url,
+            )
+    except Exception:  # a hook must not mask the run's own outcome
+        logging.getLogger(__name__).warning("could not complete the check run of run %s", flow_run.id)
+
+
 @wired_flow(
     name="preview-image",
     flow_run_name=run_name,
     validate_parameters=False,
-    on_cancellation=[remove_run_workspace],
-    on_crashed=[remove_run_workspace],
+    on_cancellation=[remove_run_workspace, close_run_check],
+    on_crashed=[remove_run_workspace, close_run_check],
 )
 def preview_image(
     repository: str,

@@ -113,6 +113,14 @@ def conclusion_of(update: StatusUpdate) -> CheckConclusion:
     return "success" if update.state == "success" else "failure"
 
 
+def run_ended(state: str) -> StatusUpdate:
+    """The outcome of a run that ended without reporting one: ``Cancelled`` (by a person, or superseded
+    before it could say so) is ``cancelled``; ``Crashed`` (the process died) is ``failure``."""
+    if state.lower() == "cancelled":
+        return StatusUpdate("error", "cancelled: the flow run was cancelled", "cancelled")
+    return StatusUpdate("error", f"failed: the flow run ended {state.lower()} without a result", "failure")
+
+
 def bounded_tail(lines: Sequence[str], *, max_lines: int = TAIL_LINES) -> tuple[str, ...]:
     """The last ``max_lines`` non-empty lines, each cut to ``TAIL_LINE_CHARS`` characters."""
     kept = [line.rstrip() for line in lines if line.strip()][-max_lines:]

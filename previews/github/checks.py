@@ -163,6 +163,29 @@ def open_check_runs(client: GitHubClient, repository: str, sha: str, *, name: st
     return found
 
 
+def complete_open_check_runs(
+    client: GitHubClient,
+    repository: str,
+    sha: str,
+    *,
+    name: str,
+    update: StatusUpdate,
+    external_id: str | None = None,
+    run_url: str | None = None,
+) -> list[int]:
+    """Complete the open check runs named ``name`` on ``sha`` (only the one of run ``external_id`` when
+    given) with ``update``'s conclusion; returns their ids."""
+    output = checks.final_output(update, None, _http_url(run_url))
+    done: list[int] = []
+    for old in open_check_runs(client, repository, sha, name=name):
+        if external_id is not None and old.external_id != external_id:
+            continue
+        conclusion = checks.conclusion_of(update)
+        update_check_run(client, repository, old.id, status="completed", output=output, conclusion=conclusion)
+        done.append(old.id)
+    return done
+
+
 @dataclass
 class CheckReporter:
     """Drives one run's check run: queued (``pending``), in_progress (:meth:`started`), completed.
@@ -209,18 +232,10 @@ class CheckReporter:
         """Complete the open check runs of ``sha`` (a run this one superseded, which cannot report any more)."""
         if not FULL_SHA_RE.fullmatch(sha):
             return
-        output = checks.final_output(update, None, self._url)
         try:
-            for old in open_check_runs(self.client, repository, sha, name=self.name):
-                update_check_run(
-                    self.client,
-                    repository,
-                    old.id,
-                    status="completed",
-                    output=output,
-                    conclusion=checks.conclusion_of(update),
-                )
-                self.logger.info("check run %s on %s: %s", old.id, sha[:12], checks.conclusion_of(update))
+            done = complete_open_check_runs(self.client, repository, sha, name=self.name, update=update)
+            for old in done:
+                self.logger.info("check run %s on %s: %s", old, sha[:12], checks.conclusion_of(update))
         except PreviewsError as exc:
             self.logger.warning("could not complete the check run on %s: %s", sha[:12], exc)
 
