@@ -25,7 +25,7 @@ from prefect.runner import Runner
 
 from flows.preview_image import preview_image
 from flows.preview_teardown import preview_teardown
-from flows.triggers import image_trigger, teardown_trigger
+from flows.triggers import image_trigger, rerun_trigger, teardown_trigger
 
 WARM_MODULES = ("prefect.flow_engine", "flows.preview_image", "flows.preview_teardown")
 
@@ -73,7 +73,7 @@ def main() -> None:
     runner = Runner(limit=4, pause_on_shutdown=False)
     # add_flow (rather than serve(to_deployment(...))) keeps the flow object in the runner, so a run starts
     # from it in a forked process instead of a `python -m prefect.engine` that loads the entrypoint again.
-    runner.add_flow(preview_image, name="preview-image", triggers=[image_trigger()])
+    runner.add_flow(preview_image, name="preview-image", triggers=[image_trigger(), rerun_trigger()])
     runner.add_flow(preview_teardown, name="preview-teardown", triggers=[teardown_trigger()])
     print(
         f"serving preview-image and preview-teardown ({'warm forkserver' if warm else 'spawn'})", flush=True
