@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -50,12 +51,19 @@ def warm_start(modules: Sequence[str] = WARM_MODULES, environ: dict[str, str] | 
     if (environ if environ is not None else os.environ).get("PREVIEWS_RUNNER_START") == "spawn":
         return False
     import prefect.flow_engine as flow_engine
-    import prefect.runner._starter_direct as starter
 
+    try:
+        import prefect.runner._starter_direct as starter
+
+        original: Any = getattr(starter, "run_flow_in_subprocess")  # noqa: B009 (private, may go)
+    except (ImportError, AttributeError):  # another Prefect: its own way, which works, only slower
+        logging.getLogger(__name__).warning("this Prefect has no direct starter to warm; runs start cold")
+        return False
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(modules))
     multiprocessing.forkserver.ensure_running()  # imports the modules now, not during the first run
-    original: Any = flow_engine.run_flow_in_subprocess
+    if original is not flow_engine.run_flow_in_subprocess:
+        return True  # already warm
     namespace = {**original.__globals__, "multiprocessing": _WarmContext(context)}
     warm = types.FunctionType(original.__code__, namespace, original.__name__, original.__defaults__)
     warm.__kwdefaults__ = original.__kwdefaults__
