@@ -100,6 +100,22 @@ def wait_until_up(process: subprocess.Popen[bytes], api_url: str, *, timeout: fl
     raise PrefectApiError(f"the temporary Prefect server did not answer within {timeout:.0f}s")
 
 
+_PREFECT_QUEUES = (("prefect.logging.handlers", "APILogWorker"), ("prefect.events.worker", "EventsWorker"))
+
+
+def drain_prefect(timeout: float = 10.0) -> None:
+    """Let Prefect send the logs and events it still holds while the temporary server answers.
+
+    Prefect sends them from background queues drained at interpreter exit; with the server already stopped
+    by then, each connection attempt failed and retried, and the command took ~100 s longer to exit.
+    """
+    for module_name, worker_name in _PREFECT_QUEUES:
+        worker = getattr(sys.modules.get(module_name), worker_name, None)
+        if worker is not None:
+            with suppress(Exception):  # best effort: the run's outcome is already decided and printed
+                worker.drain_all(timeout=timeout)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Stop the temporary server (SIGTERM, then SIGKILL after 5 s)."""
     process.terminate()
@@ -149,5 +165,6 @@ def one_shot_api(environ: MutableMapping[str, str] = os.environ) -> Iterator[One
     try:
         yield OneShotApi(f"a temporary Prefect server at {api_url}", process, api_url)
     finally:
+        drain_prefect()
         stop(process)
         environ.pop("PREFECT_API_URL", None)
