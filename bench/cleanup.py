@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -161,11 +162,17 @@ def bench_registry(tags: int, prs: int, concurrency: list[int]) -> dict[int, flo
         OciRegistry(reg.url, username=reg.username, password=SecretStr(reg.password), workers=8) as oci,
     ):
         for workers in concurrency:
-            applied[workers] = _one_cleanup(oci, tags, prs, workers, f"{REPO}-c{workers}")
+            applied[workers] = _one_cleanup(oci, tags, prs, workers, f"{REPO}-c{workers}", reg.proc.pid)
     return applied
 
 
-def _one_cleanup(oci: OciRegistry, tags: int, prs: int, workers: int, repo: str) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _one_cleanup(oci: OciRegistry, tags: int, prs: int, workers: int, repo: str, registry_pid: int) -> float:
     rng = random.Random(2)
     states = pr_states(prs, rng)
     start = time.perf_counter()
@@ -179,9 +186,10 @@ def _one_cleanup(oci: OciRegistry, tags: int, prs: int, workers: int, repo: str)
     start = time.perf_counter()
     plan = plan_retention(versions, states, now=NOW, supports_untag=True)
     plan_s = time.perf_counter() - start
-    start = time.perf_counter()
+    start, registry_cpu, own_cpu = time.perf_counter(), cpu_seconds(registry_pid), time.process_time()
     report = apply_plan(plan, target)
     apply_s = time.perf_counter() - start
+    registry_cpu, own_cpu = cpu_seconds(registry_pid) - registry_cpu, time.process_time() - own_cpu
 
     remaining = set(oci.tags(repo))
     expected = set(before) - plan.removed_tags
@@ -207,6 +215,10 @@ def _one_cleanup(oci: OciRegistry, tags: int, prs: int, workers: int, repo: str)
     )
     print(f"  populate {populate_s:.1f} s, list {list_s:.1f} s, plan {plan_s:.3f} s, apply {apply_s:.1f} s")
     print(f"  cleanup wall time (list + plan + apply): {list_s + plan_s + apply_s:.1f} s")
+    print(
+        f"  apply CPU: registry {registry_cpu:.1f} s, this client {own_cpu:.1f} s "
+        f"(load {Path('/proc/loadavg').read_text().split()[0]})"
+    )
     print(f"  plan: {dict(plan.counts)}")
     print(
         f"  actions {len(plan.actions)}, failed {len(report.failed)}, digests gone {gone}/{len(plan.deleted_digests)}"

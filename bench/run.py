@@ -12,7 +12,12 @@ trigger, ``PREFECT_RUNNER_POLL_FREQUENCY=1``) and receiver, then measures:
 4. cleanup planner time for ``--versions`` image versions (bench/cleanup.py);
 5. peak RSS of the receiver, the flow runner, one flow run (its subprocess) and ``previews build``;
 6. BuildKit against the classic builder (warm one-line rebuild), and one-line rebuilds on cold, private
-   engines with and without the registry cache (bench/buildkit.py; the private engines need root).
+   engines with and without the registry cache (bench/buildkit.py; the private engines need root);
+7. issue 17's table: each figure beside its baseline (the issue's "now", and where this run can measure it,
+   the old way measured here too: one deletion at a time; ``--baseline-checkout`` runs an earlier
+   checkout's planner) and its target, with the load average when it was measured: ``previews build``
+   without a server (a temporary one) and with ``previews up``'s found through its state directory, new
+   push -> older run Cancelled (bench/supersede.py), 2,000 deletions on the local registry.
 """
 
 from __future__ import annotations
@@ -139,7 +144,7 @@ def receiver_figures(workdir: Path, seconds: float) -> tuple[list[receiver_bench
     try:
         asyncio.run(receiver_bench.saturation(url, body, 4, 1.0))  # warm-up, not reported
         results = [
-            asyncio.run(receiver_bench.fixed_rate(url, body, 50.0, seconds)),
+            asyncio.run(receiver_bench.fixed_rate(url, body, 200.0, seconds)),
             asyncio.run(receiver_bench.saturation(url, body, 16, seconds)),
         ]
     finally:
@@ -147,6 +152,62 @@ def receiver_figures(workdir: Path, seconds: float) -> tuple[list[receiver_bench
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     return results, usage.ru_maxrss / 1024
+
+
+def load() -> str:
+    """The 1-minute load average now (the machine is shared: every figure says what it ran beside)."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def baseline_planner_seconds(checkout: Path, versions: int) -> float | None:
+    """An earlier checkout's planner on the same input (its own bench/cleanup.py), best of three."""
+    script = checkout / "bench" / "cleanup.py"
+    if not script.exists():
+        return None
+    out = subprocess.run(
+        [sys.executable, str(script), "--skip-registry", "--versions", str(versions)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"best ([0-9.]+) s", out)
+    return float(match.group(1)) if match else None
+
+
+def supersede_seconds(rounds: int) -> tuple[float, str]:
+    """New run created -> older run Cancelled, median of ``rounds`` (bench/supersede.py --supersede-only)."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "supersede.py"), "--supersede-only", "--rounds", str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"median ([0-9.]+) s; rounds: (.*)$", out, re.M)
+    if match is None:
+        raise SystemExit(f"unexpected bench/supersede.py output: {out[-500:]}")
+    return float(match.group(1)), match.group(2)
+
+
+def one_shot_builds(
+    project: pipeline.Project, env: dict[str, str], tmp: Path, api: str
+) -> dict[str, tuple[float, str]]:
+    """``previews build`` with no PREFECT_API_URL: no server (first call creates PREFECT_HOME's database,
+    the second finds it), and with a running stack found through its state directory."""
+    bare = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    empty, stack_state = tmp / "oneshot-empty-state", tmp / "oneshot-stack-state"
+    empty.mkdir()
+    stack_state.mkdir()
+    (stack_state / "prefect-api-url").write_text(api + "\n")
+    found: dict[str, tuple[float, str]] = {}
+    cases = [
+        ("no server, first call", {"PREVIEWS_STATE_DIR": str(empty), "PREFECT_HOME": str(tmp / "oneshot")}),
+        ("no server", {"PREVIEWS_STATE_DIR": str(empty), "PREFECT_HOME": str(tmp / "oneshot")}),
+        ("previews up running", {"PREVIEWS_STATE_DIR": str(stack_state), "PREFECT_HOME": str(tmp / "o2")}),
+    ]
+    for label, extra in cases:
+        project.one_line_change()
+        found[label] = (pipeline.previews_build(project, {**bare, **extra}, tmp).seconds, load())
+    return found
 
 
 def planner_seconds(versions: int) -> tuple[float, str]:
@@ -171,6 +232,16 @@ def main() -> int:
     )
     parser.add_argument("--receiver-seconds", type=float, default=5.0, help="seconds per receiver scenario")
     parser.add_argument("--versions", type=int, default=100_000, help="versions for the cleanup planner")
+    parser.add_argument("--supersede-rounds", type=int, default=2, help="0: skip bench/supersede.py")
+    parser.add_argument(
+        "--cleanup-tags", type=int, default=2000, help="tags of the registry cleanup (0: skip it)"
+    )
+    parser.add_argument(
+        "--baseline-checkout",
+        type=Path,
+        default=None,
+        help="an earlier checkout (e.g. of main) whose planner runs beside this one",
+    )
     parser.add_argument(
         "--buildkit-samples",
         type=int,
@@ -217,6 +288,8 @@ def main() -> int:
                     )
                     assert via.to_pushed is not None
                     timings[phase] = {"hand": hand, "cli": cli.seconds, "stack": via.to_pushed}
+                one_shot = one_shot_builds(projects["cli"], cli_env, tmp, api)
+                stack_load = load()
                 latencies = []
                 for _ in range(args.events):
                     run = pipeline.through_stack(
@@ -300,7 +373,81 @@ def main() -> int:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     for note in notes:
         print(note)
+    print_targets(timings, latencies, stack_load, one_shot, results, plan_s, args)
     return 0
+
+
+def print_targets(
+    timings: dict[str, dict[str, float]],
+    latencies: list[float],
+    stack_load: str,
+    one_shot: dict[str, tuple[float, str]],
+    results: list[receiver_bench.Result],
+    plan_s: float,
+    args: argparse.Namespace,
+) -> None:
+    """Issue 17's table: this run's figure, its baseline and the target, and the load when measured."""
+    warm = timings["warm"]
+    rows = [
+        (
+            "warm rebuild, 202 -> tag pushed, minus by hand",
+            f"{warm['stack'] - warm['hand']:+.2f} s ({warm['stack']:.2f} - {warm['hand']:.2f})",
+            "+4.8 s",
+            "<= +2.0 s",
+            stack_load,
+        ),
+        (
+            "delivery accepted -> run Running, p50 (poll 1 s)",
+            f"{pct(latencies, 0.5):.2f} s",
+            "3.04 s",
+            "<= 1.5 s",
+            stack_load,
+        ),
+    ]
+    if args.supersede_rounds > 0:
+        supersede, rounds = supersede_seconds(args.supersede_rounds)
+        rows.append(
+            ("new push -> older run Cancelled", f"{supersede:.2f} s ({rounds})", "6-7.5 s", "<= 3 s", load())
+        )
+    for label, (seconds, at) in one_shot.items():
+        rows.append((f"previews build one-shot, {label}", f"{seconds:.2f} s", "~13 s", "<= 5 s", at))
+    planner_baseline = "2.84 s"
+    if args.baseline_checkout is not None:
+        earlier = baseline_planner_seconds(args.baseline_checkout, args.versions)
+        if earlier is not None:
+            planner_baseline += f"; {earlier:.2f} s measured now ({args.baseline_checkout})"
+    rows.append(
+        (f"cleanup planner, {args.versions} versions", f"{plan_s:.2f} s", planner_baseline, "<= 1 s", load())
+    )
+    if args.cleanup_tags > 0:
+        applied = cleanup_bench.bench_registry(args.cleanup_tags, 300, [1, 8])
+        rows.append(
+            (
+                f"cleanup apply, {args.cleanup_tags} tags on the local registry (8 at once)",
+                f"{applied[8]:.1f} s",
+                f"74 s; one at a time now {applied[1]:.1f} s",
+                "<= 15 s",
+                load(),
+            )
+        )
+    fixed = results[0]
+    lat = sorted(fixed.latencies)
+    rows.append(
+        (
+            f"receiver, {fixed.offered} for {args.receiver_seconds:.0f} s, durable outbox",
+            f"p99 {pct(lat, 0.99) * 1000:.1f} ms, {fixed.errors} errors" if lat else "-",
+            "not measured",
+            "p99 <= 50 ms, 0 errors",
+            "",
+        )
+    )
+    header = ("figure (issue 17)", "this run", "baseline", "target", "load")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    print()
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="supersede rounds (median is printed)")
     parser.add_argument("--deps-seconds", type=float, default=6.0, help="work in the dependency step")
     parser.add_argument("--deps-mb", type=int, default=40, help="size of the dependency layer")
+    parser.add_argument(
+        "--supersede-only", action="store_true", help="only the time to supersede (bench/run.py's row)"
+    )
     args = parser.parse_args()
 
     client = services.docker_client()
@@ -159,6 +162,12 @@ def main() -> None:
                 supersede = bench_supersede(reg, sup_remote, args.rounds)
             finally:
                 cold_engine(client, sup_remote.repository)
+            if args.supersede_only:
+                print(
+                    f"time to supersede (new run created -> old run Cancelled): median "
+                    f"{statistics.median(supersede):.2f} s; rounds: {', '.join(f'{t:.2f}' for t in supersede)}"
+                )
+                return
 
             remote = make_remote(WORK / "remotes", f"bench-{uuid.uuid4().hex[:6]}/app")
             marker = uuid.uuid4().hex[:8]
