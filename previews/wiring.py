@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from previews.ingress.outbox import Outbox
     from previews.registry import CleanupTarget
     from previews.registry.oci import OciRegistry
+    from previews.run_history import RunHistory
     from previews.runs import PrefectRuns
 
 # A registry API call of the pipeline (is this tag published? which images does the PR have?) is short.
@@ -149,6 +150,14 @@ class Wiring:
         from previews.runs import PrefectRuns
 
         return PrefectRuns(get_client(sync_client=True))
+
+    def run_history(self) -> RunHistory:
+        """Preview runs of the Prefect API this process talks to, for ``previews status``."""
+        from prefect.client.orchestration import get_client
+
+        from previews.run_history import RunHistory
+
+        return RunHistory(get_client(sync_client=True))
 
     # --- cleanup ------------------------------------------------------------------------------------------
 

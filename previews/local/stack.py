@@ -410,7 +410,11 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
 
 def register(sub: Any) -> None:
     """Add ``previews up`` to the CLI."""
-    up = sub.add_parser("up", help="run Prefect, the receiver and the flows locally (--demo: end to end)")
+    up = sub.add_parser(
+        "up",
+        help="run Prefect, the receiver and the flows locally (--demo: end to end)",
+        env=("webhook_secret",),
+    )
     up.add_argument("--port", type=int, default=8787, help="receiver port (default 8787)")
     up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--demo", action="store_true", help="also run a demo registry, repository and delivery")
