@@ -132,7 +132,7 @@ class RunHistory:
             with _translated("read artifacts"):
                 artifacts = self._client.read_artifacts(
                     artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)),
-                    limit=_PAGE * 4,
+                    limit=_PAGE,
                 )
             for artifact in artifacts:
                 if artifact.type == "markdown" and artifact.flow_run_id and isinstance(artifact.data, str):
