@@ -117,6 +117,7 @@ def _build(args: argparse.Namespace) -> int:
     assert isinstance(result, PreviewResult)
     fields: dict[str, Any] = result.to_json()
     fields.pop("flow_run_id", None)
+    fields.pop("status", None)
     body = common.document(args, result.status, flow_run_id=run_id, **fields)
     human = [f"{result.status}: {result.reason}"]
     if result.image and result.digest:
