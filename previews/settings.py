@@ -6,6 +6,7 @@ Secrets are ``SecretStr`` and are unwrapped only at the call that needs them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from previews.core.labels import github_server_url
 from previews.core.names import parse_registry
@@ -193,8 +195,6 @@ class Settings(BaseSettings):
 
     def build_arg_map(self) -> dict[str, str]:
         """Parse ``KEY=VALUE,...`` into a dict; keys must be shell-variable-like names."""
-        import re
-
         from previews.errors import ValidationError
 
         result: dict[str, str] = {}
@@ -287,6 +287,13 @@ def load_settings(**values: Any) -> Settings:
     """
     try:
         return Settings(**values)
+    except PydanticSettingsError as exc:  # a structured field whose variable is not JSON
+        match = re.search(r'field "(\w+)"', str(exc))
+        field = match.group(1) if match else None
+        if field not in Settings.model_fields:
+            raise SettingsError("PREVIEWS_*", "?", str(exc)) from None
+        secret = "SecretStr" in str(Settings.model_fields[field].annotation)
+        raise SettingsError(variable_of(field), "<hidden>" if secret else "?", "is not valid JSON") from None
     except PydanticValidationError as exc:
         errors = [_settings_error(e) for e in exc.errors()]
         first = errors[0]

@@ -25,8 +25,6 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import httpx
-
 from previews.errors import PreviewsError, TransientError, ValidationError
 from previews.settings import Settings, allowed_values, load_settings, variable_of
 
@@ -174,6 +172,8 @@ def prefect_api_url(config: Settings) -> str | None:
 
 def require_prefect(config: Settings, *, timeout: float = 5.0) -> str | None:
     """Check that the configured Prefect API answers at all (any HTTP answer will do); its URL."""
+    import httpx
+
     from previews.redact import redact_url
 
     url = prefect_api_url(config)
