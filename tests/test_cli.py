@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.console import PREVIEWS
+from tests.support.fake_github import FakeGitHub
 from tests.support.sample import make_sample
 from tests.support.services import Registry, free_port
 
@@ -67,8 +68,8 @@ def test_build_pushes_and_prints_json(remotes_root: Path, registry: Registry) ->
     assert "Traceback" not in failed.stderr
 
 
-def test_build_shows_each_step_with_its_duration_and_the_run_url(
-    remotes_root: Path, registry: Registry
+def test_build_and_cleanup_show_each_step_with_its_duration_and_the_run_url(
+    remotes_root: Path, registry: Registry, github: FakeGitHub
 ) -> None:
     sample = make_sample(remotes_root, f"cli-{uuid.uuid4().hex[:8]}")
     env = {
@@ -104,6 +105,32 @@ def test_build_shows_each_step_with_its_duration_and_the_run_url(
     (run,) = shown["pull_requests"][0]["runs"]
     assert run["trigger"] == {"kind": "cli", "detail": None}
     assert run["state"] == "Completed"
+    # cleanup: the same progress, and one document with status and flow_run_id
+    github.add_pull(sample.app.repository, 32, head_sha=sample.head_sha)
+    cleanup_env = {
+        **env,
+        "PREVIEWS_IMAGE": sample.app.repository.lower(),
+        "PREVIEWS_CLEANUP_REPOSITORY": sample.app.repository,
+        "PREVIEWS_GITHUB_API_URL": github.url,
+        "PREVIEWS_GITHUB_TOKEN": github.token,
+    }
+    planned = previews("cleanup", env=cleanup_env)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    for step in ("list-versions", "read-pr-states", "plan-cleanup"):
+        assert re.search(rf"^step {step}: Completed in \d+\.\d\ds$", planned.stderr, re.MULTILINE), (
+            planned.stderr
+        )
+    assert re.match(r"flow run [a-z]+-[a-z]+: http://prefect.example.test/runs/flow-run/", planned.stderr)
+    assert "1 tags, 0 planned removals (dry run: nothing deleted)" in planned.stdout
+    body = json.loads(previews("cleanup", "--dry-run", "--json", env=cleanup_env).stdout)
+    assert (body["status"], body["dry_run"], body["tags"], body["planned_removals"]) == (
+        "planned",
+        True,
+        1,
+        0,
+    )
+    assert uuid.UUID(body["flow_run_id"])
+    assert body["error"] is None
 
 
 @pytest.mark.parametrize(
