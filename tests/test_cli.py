@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import re
 import subprocess
 import uuid
@@ -165,3 +167,36 @@ def test_build_exits_3_when_the_prefect_api_does_not_answer() -> None:
     proc = previews(*args, env={"PREFECT_API_URL": dead})
     assert proc.returncode == 3
     assert proc.stderr == f"unreachable: Prefect API: no answer at {dead} (ConnectError; PREFECT_API_URL)\n"
+
+
+def test_on_a_terminal_the_steps_are_drawn_by_rich(remotes_root: Path) -> None:
+    sample = make_sample(remotes_root, f"cli-{uuid.uuid4().hex[:8]}")
+    args = ["build", "--repository", sample.app.repository, "--pr", "33", "--sha", sample.head_sha]
+    leader, follower = pty.openpty()
+    env = {
+        **os.environ,
+        "PREVIEWS_GIT_URL_TEMPLATE": sample.git_url_template,
+        "COLUMNS": "120",
+        "TERM": "xterm",
+    }
+    with subprocess.Popen(
+        [PREVIEWS, *args], stdout=subprocess.PIPE, stderr=follower, env=env, text=True
+    ) as proc:
+        os.close(follower)
+        out, _ = proc.communicate(timeout=300)
+        screen = b""
+        with contextlib.suppress(OSError):  # EIO once the child has closed its end
+            while chunk := os.read(leader, 65536):
+                screen += chunk
+    os.close(leader)
+    text = screen.decode()
+    assert proc.returncode == 0, text
+    assert out.startswith("skipped: ")  # no registry credentials: the plan skips before the checkout
+    assert "\x1b[" in text  # styled for a terminal
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert re.search(
+        r"flow run pr-33-[0-9a-f]{7}: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", plain
+    ), plain
+    assert re.search(r"✓ validate Completed in \d+\.\d\ds", plain), plain
+    assert re.search(r"✓ supersede Completed in \d+\.\d\ds", plain), plain
+    assert "step validate: started" not in plain  # the plain lines are for pipes and files
