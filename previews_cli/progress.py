@@ -23,9 +23,10 @@ TASK_RUNS, FLOW_RUNS = "prefect.task_runs", "prefect.flow_runs"
 class Reporter:
     """Where the progress goes: rich on a terminal, plain lines elsewhere."""
 
-    def __init__(self, *, terminal: bool) -> None:
+    def __init__(self, *, terminal: bool, spinner: bool = True) -> None:
         self.terminal = terminal
         self.console = Console(stderr=True, highlight=False) if terminal else None
+        self.spinner = spinner  # off while Prefect's own log also streams to the terminal
         self.status: Status | None = None
 
     def line(self, text: str, *, styled: str | None = None) -> None:
@@ -39,8 +40,8 @@ class Reporter:
         self.line(f"flow run {name}{where}", styled=f"[bold]flow run {name}[/bold]{where}")
 
     def step_started(self, step: str, running: list[str]) -> None:
-        if self.console is None:
-            self.line(f"step {step}: started")
+        if self.console is None or not self.spinner:
+            self.line(f"step {step}: started", styled=f"[dim]▸ {step}[/dim]")
             return
         text = f"running {', '.join(running)} ..."
         if self.status is None:
@@ -144,7 +145,8 @@ def run_progress(args: argparse.Namespace, *, ui_url: str | None = None) -> Iter
     if getattr(args, "json", False):
         yield None
         return
-    handler = RunProgress(Reporter(terminal=sys.stderr.isatty()), ui_url=ui_url)
+    streaming = bool(getattr(args, "verbose", False) or getattr(args, "debug", False))
+    handler = RunProgress(Reporter(terminal=sys.stderr.isatty(), spinner=not streaming), ui_url=ui_url)
     task_log = logging.getLogger(TASK_RUNS)
     flow_log = logging.getLogger(FLOW_RUNS)
     before = task_log.level

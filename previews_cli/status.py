@@ -45,6 +45,11 @@ def collect(
     ]
 
 
+def _clip(message: str | None, width: int = 90) -> str:
+    text = (message or "-").removeprefix("Flow run encountered an exception: ")
+    return text if len(text) <= width else f"{text[: width - 1]}…"
+
+
 def _steps(run: RunRecord) -> str:
     return ", ".join(f"{step} {secs:.1f}s" for step, secs in run.durations_s.items()) or "-"
 
@@ -70,6 +75,16 @@ def _plain(repository: str, pulls: list[PullHistory]) -> list[str]:
     return lines
 
 
+def _short_image(run: RunRecord) -> str:
+    """``pr-42-d45dc181d884…@sha256:f850bda84977…``: the tag and digest, shortened for a table cell."""
+    image, digest = run.summary.image, run.summary.digest
+    if not image:
+        return "-"
+    tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else image
+    tag = f"{tag[:19]}…" if len(tag) > 20 else tag
+    return f"{tag}@{digest[:19]}…" if digest else tag
+
+
 def _table(repository: str, pulls: list[PullHistory]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -89,9 +104,9 @@ def _table(repository: str, pulls: list[PullHistory]) -> None:
                 (run.head_sha or "?")[:12],
                 f"[{colour}]{run.state}[/{colour}]",
                 str(run.trigger),
-                _image(run),
-                _steps(run),
-                run.message or "-",
+                _short_image(run),
+                "\n".join(f"{step} {secs:.1f}s" for step, secs in run.durations_s.items()) or "-",
+                _clip(run.message),
             )
         console.print(table)
 
