@@ -101,6 +101,9 @@ def _build(args: argparse.Namespace) -> int:
     settings = common.settings()
     repository, number = parse_repository(args.repository), parse_pr_number(args.pr)
     sha = parse_sha(args.sha)
+    args.template = lambda: (
+        _build_template() | {"repository": repository, "pr_number": number, "head_sha": sha}
+    )
     common.require_prefect(settings)
 
     from blocks import load_wiring
@@ -119,7 +122,8 @@ def _build(args: argparse.Namespace) -> int:
     fields.pop("flow_run_id", None)
     fields.pop("status", None)
     body = common.document(args, result.status, flow_run_id=run_id, **fields)
-    human = [f"{result.status}: {result.reason}"]
+    said = result.reason.startswith(result.status)
+    human = [result.reason if said else f"{result.status}: {result.reason}"]
     if result.image and result.digest:
         human.append(f"image: {result.image}@{result.digest}")
     if progress is not None and progress.url():

@@ -97,7 +97,7 @@ def test_build_and_cleanup_show_each_step_with_its_duration_and_the_run_url(
     assert re.fullmatch(
         r"flow run pr-32-[0-9a-f]{7}: http://prefect.example.test/runs/flow-run/[0-9a-f-]{36}", run_line
     )
-    assert proc.stdout.startswith("pushed: ")
+    assert proc.stdout.startswith(f"pushed {registry.host}/")
     assert f"flow run: {run_line.split(': ')[1]}" in proc.stdout
     assert registry.password not in proc.stdout + proc.stderr
 
