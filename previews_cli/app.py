@@ -45,6 +45,7 @@ BUILD_ENV = (
     "retry_delay",
     "github_token",
     "github_api_url",
+    "github_report",
     "infra_repository",
     "ui_url",
     "credentials_block",
