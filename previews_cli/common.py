@@ -234,12 +234,22 @@ class Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
         )
 
 
+GLOBAL_OPTIONS = frozenset({"--debug", "--json", "--verbose", "-v"})
+
+
 class CommandParser(argparse.ArgumentParser):
     """An argument parser whose subcommands (nested ones too) are :class:`Commands`."""
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         kwargs.setdefault("action", Commands)
         return super().add_subparsers(**kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """A command that adds a global option itself (``--json``) gets the global one, not a conflict."""
+        known = self._option_string_actions
+        if args and all(a in GLOBAL_OPTIONS and a in known for a in args):
+            return known[args[0]]
+        return super().add_argument(*args, **kwargs)
 
 
 def run_handler(args: argparse.Namespace) -> int:

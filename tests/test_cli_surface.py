@@ -8,6 +8,7 @@ import os
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,3 +166,22 @@ def test_a_usage_error_exits_2() -> None:
     proc = previews("build", "--repository", "acme/app")
     assert proc.returncode == 2
     assert "the following arguments are required: --pr, --sha" in proc.stderr
+
+
+def test_a_command_that_adds_a_global_option_itself_still_takes_it_anywhere() -> None:
+    from previews_cli.common import CommandParser, global_options
+
+    def register(sub: Any) -> None:  # as a module written before the global options would
+        cmd = sub.add_parser("reconcile", help="find unbuilt PR heads")
+        cmd.add_argument("--json", action="store_true", help="print one JSON object")
+        cmd.add_argument("--verbose", "-v", action="store_true")
+        cmd.set_defaults(handler=len)
+
+    root = CommandParser(prog="previews", parents=[global_options(suppress=False)])
+    register(root.add_subparsers(dest="command", required=True))
+    for argv in (["--json", "reconcile"], ["reconcile", "--json"], ["-v", "reconcile", "--json"]):
+        args = root.parse_args(argv)
+        assert args.json is True
+        assert args.verbose is ("-v" in argv)
+    assert root.parse_args(["reconcile"]).json is False
+    assert "Exit codes:" in root._subparsers._group_actions[0].choices["reconcile"].format_help()  # type: ignore[union-attr]
