@@ -36,7 +36,7 @@ class Reporter:
             print(text, file=sys.stderr, flush=True)
 
     def run_started(self, name: str, url: str | None) -> None:
-        where = f": {url}" if url else ""
+        where = f": {url}" if url else " (no UI address: a temporary Prefect server, or set PREVIEWS_UI_URL)"
         self.line(f"flow run {name}{where}", styled=f"[bold]flow run {name}[/bold]{where}")
 
     def step_started(self, step: str, running: list[str]) -> None:
