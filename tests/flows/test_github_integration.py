@@ -198,3 +198,21 @@ def test_closed_pr_sends_teardown(github: FakeGitHub, registry: Registry, remote
         "event_type": "preview-teardown",
         "client_payload": {"repository": sample.app.repository, "pr": 12, "delivery": "d-9"},
     }
+
+
+@pytest.mark.parametrize("ui_url", ["prefect.example.test", "ftp://prefect.example.test"])
+def test_statuses_are_posted_without_a_link_when_the_run_url_is_not_http(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub, ui_url: str
+) -> None:
+    sample, base, head = pr
+    github.add_pull(sample.app.repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork")
+    state = run_image(
+        settings_for(sample, registry, **github_values(github, ui_url=ui_url)),
+        repository=sample.app.repository,
+        pr_number=5,
+        head_sha=head,
+    )
+    assert state.is_completed(), state.message
+    statuses = github.statuses(sample.app.repository, head)
+    assert [s["state"] for s in statuses] == ["pending", "success"]
+    assert [s["target_url"] for s in statuses] == [None, None]
