@@ -1,14 +1,20 @@
 """The ``preview-image`` flow: one pull request at one commit becomes ``pr-<N>-<sha>`` in the registry.
 
-Tasks, each one adapter call and each visible in the Prefect UI: validate -> supersede -> read-pull-request
+Tasks, each one adapter call and each visible in the Prefect UI: validate -> read-pull-request -> supersede
 -> checkout -> changed-files -> check-published -> warm-cache -> build -> check-superseded -> push ->
 notify-infra. Every decision is made in :mod:`previews.core.plan`; this module carries the values between the
 tasks, posts the commit statuses and writes the summary. Only transient failures are retried; invalid input
 fails at validate and touches nothing.
 
+Stale events: a run started by an event (``delivery`` set: a webhook, reconcile, a check re-run) for a commit
+that is no longer the PR's head on GitHub builds nothing and cancels nothing; it ends Cancelled, "superseded by
+<head>", like any superseded run, and says so in a commit status on its commit. A run without ``delivery`` (a
+UI rerun, ``previews build``) builds the commit it names, as asked, but never cancels the head's build.
+
 Cancel-in-progress: ``supersede`` cancels older in-flight runs of the same PR at another SHA, skips this run
-when an older run already builds the same SHA, and stops it when a newer run exists; ``check-superseded``
-asks again right before the push. An image already published for the SHA with the same build settings is
+when an older run already builds the same SHA, and stops it when a newer run exists; the PR's real head, when
+GitHub can be asked, outranks creation time (a late run for an old commit never cancels the head's build).
+``check-superseded`` asks again (with the head read again) right before the push. An image already published for the SHA with the same build settings is
 reused (``force_rebuild`` overrides).
 """
 
@@ -42,7 +48,7 @@ from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
 from previews.core.plan import BuildConfig, BuildSpec, PreviewParams, Skip, Subject
 from previews.core.request import BuildRequest
 from previews.core.status import StatusUpdate
-from previews.core.supersede import SupersedeDecision, run_tags, stale_after
+from previews.core.supersede import SupersedeDecision, run_tags, stale_after, superseded_message
 from previews.docker_engine import BuiltImage, DockerEngine, PushedImage, RegistryLogin
 from previews.errors import PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
@@ -98,11 +104,13 @@ def validate(
 
 
 @task(name="supersede", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def supersede(runs: PrefectRuns, run_id: str, request: BuildRequest, stale: timedelta) -> Supersession:
+def supersede(
+    runs: PrefectRuns, run_id: str, request: BuildRequest, stale: timedelta, head: str | None
+) -> Supersession:
     """Tag this run; cancel older runs of the PR at other SHAs; say whether this run is a duplicate or late."""
     logger = get_run_logger()
     done = runs.supersede(
-        UUID(run_id), stale_after=stale, tags=run_tags(request.repository, request.pr_number)
+        UUID(run_id), stale_after=stale, tags=run_tags(request.repository, request.pr_number), head=head
     )
     for old in done.cancelled:
         logger.info(
@@ -118,9 +126,9 @@ def supersede(runs: PrefectRuns, run_id: str, request: BuildRequest, stale: time
 
 
 @task(name="check-superseded", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def check_superseded(runs: PrefectRuns, run_id: str, stale: timedelta) -> SupersedeDecision:
+def check_superseded(runs: PrefectRuns, run_id: str, stale: timedelta, head: str | None) -> SupersedeDecision:
     """Right before the push: has a newer run of the PR started, or was this run cancelled meanwhile?"""
-    return runs.supersede(UUID(run_id), stale_after=stale, apply=False).decision
+    return runs.supersede(UUID(run_id), stale_after=stale, apply=False, head=head).decision
 
 
 @task(name="read-pull-request", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
@@ -391,13 +399,17 @@ def _reported(run: _Run) -> State:
 
 
 def _preview(run: _Run) -> State:
-    """Supersede, reconcile with GitHub, skip if the plan says so, else build (or reuse) and publish."""
+    """Read the PR, end a stale event's run, supersede, skip if the plan says so, else build and publish."""
+    pull = _pull(run)
+    newer_head = plan.stale_event(run.params, pull)
+    if newer_head is not None:
+        return _stale_event(run, newer_head)
     if run.run_id is not None:
-        ended = _supersede(run, run.run_id)
+        ended = _supersede(run, run.run_id, pull.head_sha if pull is not None else None)
         if ended is not None:
             return ended
     secrets = run.wiring.build_secrets()  # a secret without a value fails here, before any work
-    subject = _subject(run)
+    subject = _subject(run, pull)
     skip = plan.skip_before_checkout(subject, run.config)
     if skip is not None:
         get_run_logger().warning("%s", skip.reason)
@@ -411,10 +423,28 @@ def _preview(run: _Run) -> State:
     return _build_and_publish(run, subject, given)
 
 
-def _supersede(run: _Run, run_id: str) -> State | None:
+def _pull(run: _Run) -> PullRequestInfo | None:
+    """The PR as GitHub has it now; None without GitHub credentials."""
+    if run.github is None:
+        return None
+    with run.clock("read-pull-request"):
+        return run.retrying(read_pull_request)(run.github, run.request)
+
+
+def _stale_event(run: _Run, head: str) -> State:
+    """End an event's run for a commit that is no longer the PR head: nothing built, nothing cancelled."""
+    reason = (
+        f"{superseded_message(head)}: this event's commit {run.request.head_sha} is no longer the PR head"
+    )
+    get_run_logger().warning("stopping: %s; nothing built, no other run cancelled", reason)
+    run.reporter.post(status.stale_event(head))
+    return Cancelled(message=reason)
+
+
+def _supersede(run: _Run, run_id: str, head: str | None) -> State | None:
     """Cancel older runs of the PR; end this run when it is a duplicate or already superseded."""
     with run.clock("supersede"), run.wiring.prefect_runs() as runs:
-        done = run.retrying(supersede)(runs, run_id, run.request, run.stale)
+        done = run.retrying(supersede)(runs, run_id, run.request, run.stale, head)
     for old in done.cancelled:
         run.reporter.post_elsewhere(
             old.run.repository, old.run.head_sha, status.superseded(run.request.head_sha)
@@ -434,12 +464,8 @@ def _superseded(run: _Run, decision: SupersedeDecision) -> State:
     return Cancelled(message=decision.reason)
 
 
-def _subject(run: _Run) -> Subject:
+def _subject(run: _Run, pull: PullRequestInfo | None) -> Subject:
     """The PR as GitHub has it now, reconciled with the event; then the ``pending`` status."""
-    pull: PullRequestInfo | None = None
-    if run.github is not None:
-        with run.clock("read-pull-request"):
-            pull = run.retrying(read_pull_request)(run.github, run.request)
     subject = plan.reconcile(run.params, pull)
     logger = get_run_logger()
     for note in subject.notes:
@@ -546,11 +572,9 @@ def _publish(run: _Run, head_sha: str, image: _Image) -> State:
             "already published: %s@%s; nothing to build or push", pushed.reference, pushed.digest
         )
     else:
-        if run.run_id is not None:
-            with run.clock("check-superseded"), run.wiring.prefect_runs() as runs:
-                late = run.retrying(check_superseded)(runs, run.run_id, run.stale)
-            if late.verdict == "superseded":
-                return _superseded(run, late)
+        stopped = _stopped_late(run)
+        if stopped is not None:
+            return stopped
         with run.clock("push"):
             engine, protected, timeout = (
                 run.wiring.docker(),
@@ -573,6 +597,27 @@ def _publish(run: _Run, head_sha: str, image: _Image) -> State:
         notify=notified,
     )
     return _finish(run, result, status.pushed(pushed.reference))
+
+
+def _stopped_late(run: _Run) -> State | None:
+    """Right before the push: end the run when a newer run of the PR took over meanwhile."""
+    if run.run_id is None:
+        return None
+    head = _current_head(run)
+    with run.clock("check-superseded"), run.wiring.prefect_runs() as runs:
+        late = run.retrying(check_superseded)(runs, run.run_id, run.stale, head)
+    return _superseded(run, late) if late.verdict == "superseded" else None
+
+
+def _current_head(run: _Run) -> str | None:
+    """The PR's head on GitHub now (it may have moved during the build); None when it cannot be read."""
+    if run.github is None:
+        return None
+    try:
+        return run.retrying(read_pull_request)(run.github, run.request).head_sha
+    except PreviewsError as exc:
+        get_run_logger().warning("could not read the PR head before the push (%s); run order decides", exc)
+        return None
 
 
 def _finish(run: _Run, result: PreviewResult, update: StatusUpdate | None = None) -> State:

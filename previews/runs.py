@@ -148,9 +148,18 @@ class PrefectRuns:
                 return runs
 
     def supersede(
-        self, run_id: UUID, *, stale_after: timedelta, tags: Sequence[str] = (), apply: bool = True
+        self,
+        run_id: UUID,
+        *,
+        stale_after: timedelta,
+        tags: Sequence[str] = (),
+        apply: bool = True,
+        head: str | None = None,
     ) -> Supersession:
         """Decide this run's fate; with ``apply``, tag it and cancel the older runs it supersedes.
+
+        ``head`` is the PR's head SHA on GitHub when known: it outranks creation time (a run at the head is
+        never cancelled or stopped by a run at another SHA).
 
         When this run is itself Cancelling or Cancelled (someone else superseded it meanwhile), the verdict is
         ``superseded`` with the state's message as the reason.
@@ -169,7 +178,7 @@ class PrefectRuns:
             for run in self._in_flight_runs(FlowFilter(id=FlowFilterId(any_=[me_run.flow_id])))
         }
         others = [ref for run in in_flight.values() if (ref := run_ref(run)) is not None]
-        decision = decide(me, others, now=datetime.now(UTC), stale_after=stale_after)
+        decision = decide(me, others, now=datetime.now(UTC), stale_after=stale_after, head=head)
         if not apply:
             return Supersession(decision)
         cancelled = tuple(self._cancel(c, in_flight[c.run.id]) for c in decision.cancel)

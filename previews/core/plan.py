@@ -8,7 +8,8 @@ between its tasks and decides nothing itself.
 The steps, in the order the flow asks them:
 
 1. :func:`validate_params`: every parameter, typed as the Prefect UI form or an event trigger may send it;
-2. :func:`reconcile`: the event against the pull request as GitHub has it now ("GitHub wins");
+2. :func:`stale_event`: an event for a commit that is no longer the PR head builds nothing;
+   :func:`reconcile`: the event against the pull request as GitHub has it now ("GitHub wins");
 3. :func:`skip_before_checkout`: fork policy, push credentials;
 4. :func:`skip_docs_only`: the changed paths against the ignore globs;
 5. :func:`tag_for`, :func:`fingerprint_of`, :func:`build_spec`: what to build and push;
@@ -224,6 +225,19 @@ def reconcile(params: PreviewParams, pull: PullFacts | None) -> Subject:
         notes.append(Note("info", UNKNOWN_FORK))
         fork = False
     return Subject(base_sha=base, fork=fork, labels=labels, status_sha=status_sha, notes=tuple(notes))
+
+
+def stale_event(params: PreviewParams, pull: PullFacts | None) -> str | None:
+    """The PR's head when an event's run (``delivery`` set) names another commit: that run is superseded.
+
+    A run without ``delivery`` (a UI rerun, ``previews build``) builds the commit it names even when the PR
+    moved on: someone asked for that commit. Without GitHub (``pull`` None) the head is unknown.
+    """
+    if pull is None or not params.delivery:
+        return None
+    if pull.head_sha.lower().startswith(params.request.head_sha.lower()):
+        return None
+    return pull.head_sha
 
 
 def skip_before_checkout(subject: Subject, config: BuildConfig) -> Skip | None:

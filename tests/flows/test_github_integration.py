@@ -216,3 +216,49 @@ def test_statuses_are_posted_without_a_link_when_the_run_url_is_not_http(
     statuses = github.statuses(sample.app.repository, head)
     assert [s["state"] for s in statuses] == ["pending", "success"]
     assert [s["target_url"] for s in statuses] == [None, None]
+
+
+def test_an_event_for_a_commit_that_is_no_longer_the_head_builds_and_cancels_nothing(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Scheduled
+
+    from flows.preview_image import preview_image
+    from tests.support.prefect_api import task_run_counts
+
+    sample, base, old = pr
+    newer = sample.app.commit({"src/main.txt": "app main v3\n"}, "newer push")
+    github.set_head(sample.app.repository, 5, newer)
+    with get_client(sync_client=True) as client:  # the head's run, queued before the late event's run
+        queued = client.create_flow_run(
+            preview_image,
+            parameters={"repository": sample.app.repository, "pr_number": 5, "head_sha": newer},
+            state=Scheduled(),
+        )
+    try:
+        state = run_image(
+            github_settings(sample, registry, github),
+            repository=sample.app.repository,
+            pr_number=5,
+            head_sha=old,
+            base_sha=base,
+            delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        )
+        assert state.is_cancelled(), state
+        assert state.message.startswith(f"superseded by {newer}: ")
+        assert not {"checkout", "supersede", "build", "push"} & set(task_run_counts(state))
+        assert registry.tags(sample.app.repository.lower()) == []
+        assert github.dispatches_to(INFRA) == []
+        (posted,) = github.statuses(sample.app.repository, old)
+        assert posted["state"] == "error"
+        assert newer in posted["description"]
+        assert github.statuses(sample.app.repository, newer) == []
+        with get_client(sync_client=True) as client:
+            head_run = client.read_flow_run(queued.id)
+        assert head_run.state is not None
+        assert head_run.state.type == StateType.SCHEDULED  # the head's run was not cancelled
+    finally:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(queued.id, Cancelled(message="test cleanup"), force=True)
