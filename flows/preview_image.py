@@ -24,7 +24,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -55,12 +55,14 @@ from previews.github import infra
 from previews.github.client import GitHubClient, PullRequestInfo
 from previews.github.statuses import StatusReporter
 from previews.registry.oci import OciRegistry
-from previews.runs import PrefectRuns, Supersession, flow_run_url
+from previews.runs import CancelledRun, PrefectRuns, Supersession, flow_run_url
 from previews.settings import Settings
 from previews.wiring import Wiring
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# How long a run waits, at its end, for the runs it moved to Cancelling to end (the runner's kill grace is 30 s).
+NAME_SUPERSEDED_TIMEOUT_S = 60.0
 
 
 def run_name() -> str:
@@ -129,6 +131,15 @@ def supersede(
 def check_superseded(runs: PrefectRuns, run_id: str, stale: timedelta, head: str | None) -> SupersedeDecision:
     """Right before the push: has a newer run of the PR started, or was this run cancelled meanwhile?"""
     return runs.supersede(UUID(run_id), stale_after=stale, apply=False, head=head).decision
+
+
+@task(name="name-superseded", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def name_superseded(runs: PrefectRuns, cancelled: list[CancelledRun], timeout: float) -> int:
+    """Make each run this one cancelled end as "superseded by <sha>", not with Prefect's generic message."""
+    renamed = runs.name_final_states(cancelled, timeout=timeout)
+    for old in renamed:
+        get_run_logger().info("run %s (%s) ended Cancelled: %s", old.run.name, old.run.id, old.message)
+    return len(renamed)
 
 
 @task(name="read-pull-request", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
@@ -293,6 +304,7 @@ class _Run:
     reporter: StatusReporter
     clock: Stopwatch
     run_id: str | None
+    cancelled: list[CancelledRun] = field(default_factory=list)
 
     @property
     def request(self) -> BuildRequest:
@@ -390,12 +402,26 @@ def _opened(wiring: Wiring, params: PreviewParams, clock: Stopwatch) -> Iterator
 def _reported(run: _Run) -> State:
     """Run the steps; a failure posts its commit status, then propagates (a cancellation posts none)."""
     try:
-        return _preview(run)
+        state = _preview(run)
     except TerminationSignal:
         raise  # cancelled (the superseding run posts the status) or killed: nothing more to say here
     except BaseException as exc:
         run.reporter.post(plan.failure_status(exc))
+        _name_superseded(run)
         raise
+    _name_superseded(run)
+    return state
+
+
+def _name_superseded(run: _Run) -> None:
+    """Give the runs this one moved to Cancelling a final state that names this run's SHA; never raises."""
+    if not any(c.proposed == "Cancelling" for c in run.cancelled):
+        return
+    try:
+        with run.wiring.prefect_runs() as runs:
+            name_superseded(runs, run.cancelled, NAME_SUPERSEDED_TIMEOUT_S)
+    except PreviewsError as exc:
+        get_run_logger().warning("could not name the final state of the superseded runs: %s", exc)
 
 
 def _preview(run: _Run) -> State:
@@ -445,6 +471,7 @@ def _supersede(run: _Run, run_id: str, head: str | None) -> State | None:
     """Cancel older runs of the PR; end this run when it is a duplicate or already superseded."""
     with run.clock("supersede"), run.wiring.prefect_runs() as runs:
         done = run.retrying(supersede)(runs, run_id, run.request, run.stale, head)
+    run.cancelled.extend(done.cancelled)
     for old in done.cancelled:
         run.reporter.post_elsewhere(
             old.run.repository, old.run.head_sha, status.superseded(run.request.head_sha)

@@ -12,6 +12,7 @@ pure; this module reads and writes flow runs only. Prefect API failures become :
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class CancelledRun:
     proposed: str
     answer: str
     message: str
+    accepted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,4 +200,33 @@ class PrefectRuns:
         with _translated("cancel flow run"):
             result: Any = self._client.set_flow_run_state(run.id, proposed(message=cancellation.message))
         answer = f"{state.name if state else '?'} -> {proposed.__name__} {result.status.value}"
-        return CancelledRun(cancellation.run, proposed.__name__, answer, cancellation.message)
+        accepted = result.status.value == "ACCEPT"
+        return CancelledRun(cancellation.run, proposed.__name__, answer, cancellation.message, accepted)
+
+    def name_final_states(self, cancelled: Sequence[CancelledRun], *, timeout: float) -> list[CancelledRun]:
+        """Wait (up to ``timeout`` seconds) for each run moved to Cancelling to end, then make its final
+        Cancelled state carry the superseding message.
+
+        Prefect's runner (and worker) ends a cancelled run with its generic "Flow run was cancelled
+        successfully.", so the newer SHA would survive only in the intermediate Cancelling state (issue 13,
+        item 11). Returns the runs whose final state was renamed.
+        """
+        waiting = {c.run.id: c for c in cancelled if c.proposed == "Cancelling" and c.accepted}
+        renamed: list[CancelledRun] = []
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for run_id, wanted in list(waiting.items()):
+                with _translated("read flow run"):
+                    state = self._client.read_flow_run(UUID(run_id)).state
+                if state is not None and state.is_final():
+                    del waiting[run_id]
+                    if state.type == StateType.CANCELLED and state.message != wanted.message:
+                        with _translated("name the final state of a superseded run"):
+                            self._client.set_flow_run_state(
+                                UUID(run_id), Cancelled(message=wanted.message), force=True
+                            )
+                        renamed.append(wanted)
+            if not waiting or time.monotonic() > deadline:
+                return renamed
+            time.sleep(0.5)
+        return renamed
