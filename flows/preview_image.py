@@ -90,6 +90,7 @@ def validate(
     labels: object,
     delivery: object,
     force_rebuild: object,
+    action: object,
 ) -> PreviewParams:
     """Check every parameter (:func:`previews.core.plan.validate_params`); a bad one fails the run at once."""
     return plan.validate_params(
@@ -102,6 +103,7 @@ def validate(
         labels=labels,
         delivery=delivery,
         force_rebuild=force_rebuild,
+        action=action,
     )
 
 
@@ -140,6 +142,12 @@ def name_superseded(runs: PrefectRuns, cancelled: list[CancelledRun], timeout: f
     for old in renamed:
         get_run_logger().info("run %s (%s) ended Cancelled: %s", old.run.name, old.run.id, old.message)
     return len(renamed)
+
+
+@task(name="revoke-approval", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def revoke_approval(github: GitHubClient, request: BuildRequest, label: str) -> bool:
+    """Remove the fork-approval label from the PR (a new push needs a new review); False if it was gone."""
+    return github.remove_label(request.repository, request.pr_number, label)
 
 
 @task(name="read-pull-request", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
@@ -362,6 +370,7 @@ def preview_image(
     labels: list[str] | None = None,
     delivery: str | None = None,
     force_rebuild: bool = False,
+    action: str | None = None,
     *,
     wiring: Wiring,
 ) -> State:
@@ -369,14 +378,14 @@ def preview_image(
 
     Only ``repository``, ``pr_number`` and ``head_sha`` are needed (a 7-39 character prefix of the PR's
     head works): the rest is read from GitHub when credentials are configured, and checked against it.
-    ``fork`` and ``labels`` come from the event; ``force_rebuild`` builds even when the registry already
-    has this SHA built the same way.
+    ``fork``, ``labels`` and ``action`` (the pull_request action) come from the event; ``force_rebuild``
+    builds even when the registry already has this SHA built the same way.
     """
     clock = Stopwatch()
     with clock("validate"):
         config = wiring.settings.build_config()
         params = validate(
-            config, repository, pr_number, head_sha, base_sha, fork, labels, delivery, force_rebuild
+            config, repository, pr_number, head_sha, base_sha, fork, labels, delivery, force_rebuild, action
         )
     with _opened(wiring, params, clock) as run:
         return _reported(run)
@@ -436,9 +445,10 @@ def _preview(run: _Run) -> State:
             return ended
     secrets = run.wiring.build_secrets()  # a secret without a value fails here, before any work
     subject = _subject(run, pull)
-    skip = plan.skip_before_checkout(subject, run.config)
+    skip = plan.skip_before_checkout(subject, run.config, action=run.params.action)
     if skip is not None:
         get_run_logger().warning("%s", skip.reason)
+        _revoke_approval(run, skip.revoke)
         return _finish(run, plan.skipped(run.params, skip.reason), skip.status)
     given = plan.secrets_for(subject, secrets, run.config)
     if secrets and not given:
@@ -455,6 +465,16 @@ def _pull(run: _Run) -> PullRequestInfo | None:
         return None
     with run.clock("read-pull-request"):
         return run.retrying(read_pull_request)(run.github, run.request)
+
+
+def _revoke_approval(run: _Run, label: str | None) -> None:
+    """Remove a fork's approval label after a new push (it approved an earlier commit); fails the run if
+    GitHub refuses, so that a label left on never passes for an approval of this commit."""
+    if label is None or run.github is None:
+        return
+    with run.clock("revoke-approval"):
+        removed = run.retrying(revoke_approval)(run.github, run.request, label)
+    get_run_logger().info("removed the '%s' label: %s", label, "done" if removed else "it was already gone")
 
 
 def _stale_event(run: _Run, head: str) -> State:

@@ -22,6 +22,7 @@ IMAGE_PARAMETERS: dict[str, Any] = {
     "fork": "{{ event.payload.fork }}",
     "labels": "{{ event.payload.labels }}",
     "delivery": "{{ event.payload.delivery }}",
+    "action": "{{ event.payload.action }}",
 }
 TEARDOWN_PARAMETERS: dict[str, Any] = {
     "repository": "{{ event.payload.repository }}",

@@ -262,3 +262,34 @@ def test_an_event_for_a_commit_that_is_no_longer_the_head_builds_and_cancels_not
     finally:
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(queued.id, Cancelled(message="test cleanup"), force=True)
+
+
+def test_a_new_push_from_a_fork_removes_the_approval_label_and_a_new_label_builds_it(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    sample, base, head = pr
+    repository = sample.app.repository
+    github.add_pull(  # approved for an earlier commit; the fork has pushed ``head`` since
+        repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork", labels=["safe-to-preview"]
+    )
+    settings = github_settings(sample, registry, github, fork_policy="label")
+    params = {"repository": repository, "pr_number": 5, "head_sha": head, "base_sha": base}
+    pushed = run_image(settings, **params, delivery="d-sync", action="synchronize")
+    assert pushed.is_completed(), pushed.message
+    assert pushed.result().status == "skipped"
+    assert github.labels(repository, 5) == []
+    (removal,) = github.requests_to("DELETE", f"/repos/{repository}/issues/5/labels/*")
+    assert removal.path.endswith("/labels/safe-to-preview")
+    statuses = github.statuses(repository, head)
+    assert statuses[-1]["state"] == "success"
+    assert "approval needed again" in statuses[-1]["description"]
+    assert registry.tags(repository.lower()) == []
+
+    github.add_pull(  # a maintainer reviewed ``head`` and added the label again
+        repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork", labels=["safe-to-preview"]
+    )
+    labeled = run_image(settings, **params, delivery="d-label", action="labeled")
+    assert labeled.is_completed(), labeled.message
+    assert labeled.result().status == "pushed"
+    assert registry.tags(repository.lower()) == [f"pr-5-{head}"]
+    assert github.labels(repository, 5) == ["safe-to-preview"]
