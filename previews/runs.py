@@ -114,8 +114,9 @@ def _translated(what: str) -> Iterator[None]:
 class PrefectRuns:
     """Flow runs of this Prefect API, through one sync client (enter it before use, or call :meth:`close`)."""
 
-    def __init__(self, client: SyncPrefectClient) -> None:
+    def __init__(self, client: SyncPrefectClient, *, page_size: int = _PAGE) -> None:
         self._client = client
+        self._page = page_size
 
     def __enter__(self) -> Self:
         with _translated("connect"):
@@ -143,10 +144,10 @@ class PrefectRuns:
         while True:
             with _translated("read flow runs"):
                 page = self._client.read_flow_runs(
-                    flow_filter=flows, flow_run_filter=states, limit=_PAGE, offset=len(runs)
+                    flow_filter=flows, flow_run_filter=states, limit=self._page, offset=len(runs)
                 )
             runs.extend(page)
-            if len(page) < _PAGE:
+            if len(page) < self._page:
                 return runs
 
     def supersede(
