@@ -133,15 +133,14 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _cleanup_template() -> dict[str, Any]:
+    """Every field of :class:`CleanupResult`, empty: the shape of a cleanup that did not get that far."""
+    from typing import get_origin
+
+    from flows.preview_cleanup import CleanupResult
+
+    empty: dict[object, Any] = {dict: {}, list: []}
     return {
-        "dry_run": None,
-        "image": None,
-        "tags": None,
-        "planned_removals": None,
-        "removed": None,
-        "failed": None,
-        "counts": {},
-        "failures": [],
+        name: empty.get(get_origin(field.annotation)) for name, field in CleanupResult.model_fields.items()
     }
 
 

@@ -133,6 +133,9 @@ def test_build_and_cleanup_show_each_step_with_its_duration_and_the_run_url(
     )
     assert uuid.UUID(body["flow_run_id"])
     assert body["error"] is None
+    refused = json.loads(previews("cleanup", "--json", env={**cleanup_env, "PREVIEWS_RETRIES": "11"}).stdout)
+    assert set(refused) == set(body)  # one shape, whatever happened
+    assert (refused["status"], refused["error"], refused["flow_run_id"]) == ("failed", "SettingsError", None)
 
 
 @pytest.mark.parametrize(
