@@ -18,6 +18,7 @@ from typing import Any
 from previews.errors import PreviewsError, ValidationError
 from previews.local import stack
 from previews_cli import receiver
+from previews_cli import reconcile as reconcile_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -152,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
 
     for register in (receiver.register, stack.register):
         register(sub)
+    reconcile_cli.register(sub)
     return root
 
 
