@@ -121,5 +121,5 @@ def test_decide_closed(state: str | None, kind: str) -> None:
 def test_parse_repositories() -> None:
     assert parse_repositories(" Acme/App, acme/app ,acme/lib,", field="F") == ("Acme/App", "acme/lib")
     assert parse_repositories("", field="F") == ()
-    with pytest.raises(ValidationError, match="^F: "):
+    with pytest.raises(ValidationError, match=r"^F: "):
         parse_repositories("acme/app,not a repo", field="F")

@@ -36,14 +36,21 @@ def _sync_client() -> Any:
 
 @contextmanager
 def serve_preview_image(
-    env: Mapping[str, str], *, log: Path, name: str | None = None, timeout: float = 90.0
+    env: Mapping[str, str],
+    *,
+    log: Path,
+    name: str | None = None,
+    timeout: float = 90.0,
+    teardown: bool = False,
 ) -> Iterator[str]:
-    """Serve ``preview-image`` as deployment ``name`` in a subprocess; yields ``preview-image/<name>``."""
+    """Serve ``preview-image`` as deployment ``name`` in a subprocess; yields ``preview-image/<name>``.
+
+    With ``teardown``, ``preview-teardown/<name>`` is served by the same process too."""
     name = name or f"test-{uuid.uuid4().hex[:8]}"
     full = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.served", name],
+            [sys.executable, "-m", "tests.support.served", name, *(["--teardown"] if teardown else [])],
             cwd=ROOT,
             env=full,
             stdout=out,
@@ -58,6 +65,8 @@ def serve_preview_image(
                     raise RuntimeError(f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
                 try:
                     client.read_deployment_by_name(f"preview-image/{name}")
+                    if teardown:
+                        client.read_deployment_by_name(f"preview-teardown/{name}")
                     break
                 except Exception:
                     if time.monotonic() > deadline:
@@ -119,15 +128,19 @@ def task_states(run_id: uuid.UUID) -> dict[str, str]:
 
 
 def main() -> None:
-    """Serve the preview-image flow under the deployment name given on the command line."""
+    """Serve the preview-image flow under the deployment name given on the command line (and with
+    ``--teardown``, the preview-teardown flow under the same name)."""
     from prefect import serve
     from prefect.deployments.runner import RunnerDeployment
 
     from flows.preview_image import preview_image
+    from flows.preview_teardown import preview_teardown
 
-    deployment = preview_image.to_deployment(name=sys.argv[1])
-    assert isinstance(deployment, RunnerDeployment)
-    serve(deployment, limit=4)
+    deployments = [preview_image.to_deployment(name=sys.argv[1])]
+    if "--teardown" in sys.argv[2:]:
+        deployments.append(preview_teardown.to_deployment(name=sys.argv[1]))
+    assert all(isinstance(d, RunnerDeployment) for d in deployments)
+    serve(*deployments, limit=4)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
