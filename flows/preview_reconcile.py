@@ -32,7 +32,6 @@ from previews.core import reconcile
 from previews.core.reconcile import Decision, OpenPull, OurStatus, PreviewMark, TeardownMark
 from previews.core.supersede import RunRef
 from previews.errors import PreviewsError, ValidationError
-from previews.github.client import GitHubClient
 from previews.github.pulls import PullReader
 from previews.runs import PrefectRuns, StartedRun
 from previews.settings import Settings
@@ -234,26 +233,12 @@ def _row(decision: Decision, run: StartedRun | None, dry_run: bool) -> dict[str,
     }
 
 
-def _clients(wiring: Wiring) -> tuple[tuple[str, ...], GitHubClient]:
-    """The repositories to reconcile and the GitHub client; a missing one is a configuration error."""
-    repositories = wiring.settings.reconcile_repository_names()
-    if not repositories:
-        raise ValidationError(
-            "PREVIEWS_RECONCILE_REPOSITORIES",
-            "no repository to reconcile (or set PREVIEWS_ALLOWED_REPOSITORIES)",
-        )
-    github = wiring.github()
-    if github is None:
-        raise ValidationError("PREVIEWS_GITHUB_TOKEN", "reconcile reads GitHub: set a token or a GitHub App")
-    return repositories, github
-
-
 @wired_flow(name="preview-reconcile", validate_parameters=True)
 def preview_reconcile(dry_run: bool = True, *, wiring: Wiring) -> State[ReconcileReport]:
     """Compare the open PRs of the configured repositories with the builds, and (unless ``dry_run``) start
     one preview-image run per head that was missed and one teardown per closed PR whose preview remains."""
     settings = wiring.settings
-    repositories, github = _clients(wiring)
+    repositories, github = wiring.reconcile_github()
     now, stale = datetime.now(UTC), timedelta(minutes=settings.reconcile_stale_minutes)
     with github, wiring.prefect_runs() as runs:
         snapshot = retrying(read_runs, settings)(runs, now - timedelta(days=settings.cleanup_ttl_days))

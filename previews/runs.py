@@ -152,6 +152,13 @@ class PrefectRuns:
         """Close the client's connections."""
         self._client.__exit__(None, None, None)
 
+    def ping(self) -> None:
+        """Raise :class:`TransientPrefectError` naming the API when the Prefect server does not answer."""
+        error = self._client.api_healthcheck()
+        if error is not None:
+            url = self._client.api_url
+            raise TransientPrefectError(f"the Prefect API at {url} does not answer ({type(error).__name__})")
+
     def in_flight(self, *, flow_id: UUID | None = None, flow_name: str | None = None) -> list[RunRef]:
         """Every in-flight run of the flow (by id or name) whose parameters name a PR at a commit."""
         flows = FlowFilter(

@@ -62,13 +62,16 @@ def run(args: argparse.Namespace) -> int:
     from blocks import load_wiring
     from flows.preview_reconcile import ReconcileReport, preview_reconcile
     from previews.settings import Settings
+    from previews.wiring import Wiring
 
     try:
         settings = Settings()
-        settings.reconcile_repository_names()
+        Wiring(settings).reconcile_github()[1].close()
     except (ValidationError, SettingsError) as exc:
         return _failed(args, exc, EXIT_CONFIG)
     try:
+        with Wiring(settings).prefect_runs() as runs:
+            runs.ping()
         flow = preview_reconcile.over(partial(load_wiring, settings))
         state = flow(dry_run=not args.apply, return_state=True)
     except (PreviewsError, httpx.TransportError) as exc:
