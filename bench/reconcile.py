@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from pydantic import SecretStr  # noqa: E402
 
 from previews.core import reconcile  # noqa: E402
-from previews.core.reconcile import Decision, PreviewMark  # noqa: E402
+from previews.core.reconcile import Decision, FinishedRun, PreviewMark, RunIndex  # noqa: E402
 from previews.core.supersede import RunRef  # noqa: E402
 from previews.github.client import GitHubClient  # noqa: E402
 from previews.github.pulls import PullReader  # noqa: E402
@@ -41,10 +41,11 @@ Row = tuple[str, str, str, str, str]
 
 def populate(
     github: FakeGitHub, prs: int, repos: int, now: datetime
-) -> tuple[list[RunRef], list[PreviewMark]]:
-    """The open PRs with their statuses; returns the runs in flight and the previews of closed PRs."""
+) -> tuple[list[RunRef], list[FinishedRun], list[PreviewMark]]:
+    """The open PRs with their statuses; returns the runs in flight and ended, and the previews of closed PRs."""
     rng = random.Random(14)
     in_flight: list[RunRef] = []
+    finished: list[FinishedRun] = []
     previews: list[PreviewMark] = []
     for r in range(repos):
         repo = f"bench-{r}/app"
@@ -54,6 +55,8 @@ def populate(
             roll = rng.random()
             if roll < 0.88:
                 state, minutes = rng.choice(["success", "success", "success", "failure", "error"]), 5
+                ref = RunRef(f"run-{r}-{number}", f"pr-{number}", now, repo, number, sha)
+                finished.append(FinishedRun(ref, "COMPLETED" if state == "success" else "FAILED", state))
             elif roll < 0.90:
                 in_flight.append(RunRef(f"run-{r}-{number}", f"pr-{number}", now, repo, number, sha))
                 state, minutes = "pending", 1
@@ -69,11 +72,11 @@ def populate(
         closed = prs // repos + 1
         github.add_pull(repo, closed, head_sha=secrets.token_hex(20), state="closed")
         previews.append(PreviewMark(repo, closed, now - timedelta(days=1)))
-    return in_flight, previews
+    return in_flight, finished, previews
 
 
 def read_and_plan(
-    github: FakeGitHub, repos: int, in_flight: list[RunRef], previews: list[PreviewMark], now: datetime
+    github: FakeGitHub, repos: int, runs: RunIndex, previews: list[PreviewMark], now: datetime
 ) -> tuple[int, float, list[Decision], float]:
     """What the flow does between read-runs and start-runs: (requests, read seconds, decisions, plan best s)."""
     client = GitHubClient(base_url=github.url, token=SecretStr(github.token))
@@ -84,9 +87,7 @@ def read_and_plan(
         repo = f"bench-{r}/app"
         pulls = reader.open_pulls(repo)
         statuses = {
-            p.head_sha: reader.our_status(repo, p.head_sha)
-            for p in pulls
-            if reconcile.needs_status(p, in_flight)
+            p.head_sha: reader.our_status(repo, p.head_sha) for p in pulls if reconcile.needs_status(p, runs)
         }
         numbers = reconcile.teardown_candidates(repo, (p.number for p in pulls), previews, [])
         facts.append((repo, pulls, statuses, {n: reader.pull_state(repo, n) for n in numbers}))
@@ -95,28 +96,39 @@ def read_and_plan(
     timings = []
     for _ in range(3):
         start = time.perf_counter()
-        decisions = plan(facts, in_flight, now)
+        decisions = plan(facts, runs, now)
         timings.append(time.perf_counter() - start)
     return reader.requests, read_s, decisions, min(timings)
 
 
-def plan(facts: list[tuple[str, list, dict, dict]], in_flight: list[RunRef], now: datetime) -> list[Decision]:  # type: ignore[type-arg]
+def plan(facts: list[tuple[str, list, dict, dict]], runs: RunIndex, now: datetime) -> list[Decision]:  # type: ignore[type-arg]
     """The plan-reconcile step over what was read."""
     out = []
     for repo, pulls, statuses, closed in facts:
-        out += [
-            reconcile.decide_pull(p, statuses.get(p.head_sha), in_flight, now=now, stale=STALE) for p in pulls
-        ]
+        out += [reconcile.decide_pull(p, statuses.get(p.head_sha), runs, now=now, stale=STALE) for p in pulls]
         out += [reconcile.decide_closed(repo, n, s, now=now, stale=STALE) for n, s in closed.items()]
     return out
 
 
 def measure(prs: int = 1000, repos: int = 10) -> list[Row]:
-    """The benchmark's rows (bench/run.py prints them in its table)."""
+    """The benchmark's rows (bench/run.py prints them in its table): with the ended runs Prefect keeps
+    (the steady state), and without them (a first reconcile, or runs older than the look-back)."""
     now = datetime.now(UTC)
+    rows: list[Row] = []
     with FakeGitHub() as github:
-        in_flight, previews = populate(github, prs, repos, now)
-        requests, read_s, decisions, plan_s = read_and_plan(github, repos, in_flight, previews, now)
+        in_flight, finished, previews = populate(github, prs, repos, now)
+        for label, runs in (
+            ("ended runs known", RunIndex(in_flight, finished)),
+            ("no run history", RunIndex(in_flight)),
+        ):
+            requests, read_s, decisions, plan_s = read_and_plan(github, repos, runs, previews, now)
+            rows += _rows(label, prs, repos, requests, read_s, decisions, plan_s)
+    return rows
+
+
+def _rows(
+    label: str, prs: int, repos: int, requests: int, read_s: float, decisions: list[Decision], plan_s: float
+) -> list[Row]:
     counts: dict[str, int] = {}
     for d in decisions:
         counts[d.kind] = counts.get(d.kind, 0) + 1
@@ -124,14 +136,14 @@ def measure(prs: int = 1000, repos: int = 10) -> list[Row]:
     detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     return [
         (
-            f"reconcile plan, {prs} open PRs / {repos} repos",
+            f"reconcile plan, {prs} PRs / {repos} repos ({label})",
             f"{plan_s * 1000:.1f} ms",
             "best of 3",
             "",
             detail,
         ),
         (
-            f"reconcile GitHub requests, {prs} open PRs",
+            f"reconcile GitHub requests ({label})",
             f"{requests} requests",
             f"{needed} PRs needed a run",
             f"{requests / max(needed, 1):.1f} per needed run",

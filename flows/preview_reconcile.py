@@ -1,7 +1,7 @@
 """The ``preview-reconcile`` flow: build what a missed webhook left unbuilt, tear down what a missed close left up.
 
-Tasks: read-runs (Prefect: preview-image runs in flight, previews created, teardowns) -> read-github (one
-per repository: open PRs, our status on each head with no run in flight, the state of each PR that has a
+Tasks: read-runs (Prefect: preview-image runs in flight or ended, previews created, teardowns) -> read-github
+(one per repository: open PRs, our status on each head no run is known for, the state of each PR that has a
 preview but is no longer listed open) -> plan-reconcile (pure, :mod:`previews.core.reconcile`) -> start-runs
 (skipped on a dry run). The report (every PR with its decision and reason, the runs started and the GitHub
 requests used) is the run's result and a table artifact.
@@ -29,8 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.common import retrying, wired_flow
 from previews.core import reconcile
-from previews.core.reconcile import Decision, OpenPull, OurStatus, PreviewMark, TeardownMark
-from previews.core.supersede import RunRef
+from previews.core.reconcile import Decision, OpenPull, OurStatus, PreviewMark, RunIndex, TeardownMark
 from previews.errors import PreviewsError, ValidationError
 from previews.github.pulls import PullReader
 from previews.runs import PrefectRuns, StartedRun
@@ -70,9 +69,9 @@ class ReconcileReport(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class RunsSnapshot:
-    """What Prefect knows: preview-image runs in flight, previews created, teardowns that count."""
+    """What Prefect knows: preview-image runs in flight or ended, previews created, teardowns that count."""
 
-    in_flight: tuple[RunRef, ...]
+    runs: RunIndex
     previews: tuple[PreviewMark, ...]
     teardowns: tuple[TeardownMark, ...]
 
@@ -89,15 +88,18 @@ class RepositoryFacts:
 
 @task(name="read-runs", cache_policy=NO_CACHE)
 def read_runs(runs: PrefectRuns, since: datetime) -> RunsSnapshot:
-    """Preview-image runs in flight; since ``since``, the previews created and the teardowns."""
+    """Preview-image runs in flight; since ``since``, those ended, the previews created and the teardowns."""
+    in_flight = runs.in_flight(flow_name=IMAGE_FLOW)
+    finished = runs.finished(IMAGE_FLOW, since=since)
     snapshot = RunsSnapshot(
-        tuple(runs.in_flight(flow_name=IMAGE_FLOW)),
+        RunIndex(in_flight, finished),
         tuple(runs.previews_created(IMAGE_FLOW, since=since)),
         tuple(runs.teardowns(TEARDOWN_FLOW, since=since)),
     )
     get_run_logger().info(
-        "%d preview-image runs in flight; %d previews created and %d teardowns since %s",
-        len(snapshot.in_flight),
+        "%d preview-image runs in flight, %d ended; %d previews created and %d teardowns since %s",
+        len(in_flight),
+        len(finished),
         len(snapshot.previews),
         len(snapshot.teardowns),
         since.isoformat(timespec="seconds"),
@@ -112,7 +114,7 @@ def read_github(reader: PullReader, repository: str, snapshot: RunsSnapshot) -> 
     statuses = {
         p.head_sha: reader.our_status(p.repository, p.head_sha)
         for p in pulls
-        if reconcile.needs_status(p, snapshot.in_flight)
+        if reconcile.needs_status(p, snapshot.runs)
     }
     numbers = reconcile.teardown_candidates(
         repository, (p.number for p in pulls), snapshot.previews, snapshot.teardowns
@@ -131,14 +133,14 @@ def read_github(reader: PullReader, repository: str, snapshot: RunsSnapshot) -> 
 
 @task(name="plan-reconcile", cache_policy=NO_CACHE)
 def plan_reconcile(
-    facts: Sequence[RepositoryFacts], in_flight: Sequence[RunRef], now: datetime, stale: timedelta
+    facts: Sequence[RepositoryFacts], runs: RunIndex, now: datetime, stale: timedelta
 ) -> list[Decision]:
     """Every decision, per open PR head and per closed PR with a preview (pure)."""
     decisions: list[Decision] = []
     for repo in facts:
         for pull in repo.pulls:
             status = repo.statuses.get(pull.head_sha)
-            decisions.append(reconcile.decide_pull(pull, status, in_flight, now=now, stale=stale))
+            decisions.append(reconcile.decide_pull(pull, status, runs, now=now, stale=stale))
         for number, state in sorted(repo.closed.items()):
             decisions.append(reconcile.decide_closed(repo.repository, number, state, now=now, stale=stale))
     return decisions
@@ -244,7 +246,7 @@ def preview_reconcile(dry_run: bool = True, *, wiring: Wiring) -> State[Reconcil
         snapshot = retrying(read_runs, settings)(runs, now - timedelta(days=settings.cleanup_ttl_days))
         reader = PullReader(github, context=settings.status_context)
         facts, github_stop = _read_all(reader, repositories, snapshot)
-        decisions = plan_reconcile(facts, snapshot.in_flight, now, stale)
+        decisions = plan_reconcile(facts, snapshot.runs, now, stale)
         started, prefect_stop = ([], None) if dry_run else start_runs(runs, decisions, settings)
     stop: tuple[Stop, str] | None = (
         ("github", github_stop) if github_stop else ("prefect", prefect_stop) if prefect_stop else None

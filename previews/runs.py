@@ -39,7 +39,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Cancelling
 
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
-from previews.core.reconcile import PreviewMark, TeardownMark
+from previews.core.reconcile import FinishedRun, PreviewMark, TeardownMark
 from previews.core.supersede import Cancellation, RunRef, SupersedeDecision, decide
 from previews.errors import PrefectError, TransientPrefectError, ValidationError
 
@@ -272,6 +272,15 @@ class PrefectRuns:
             PreviewMark(pr[0], pr[1], run.end_time or run.created or since)
             for run in runs
             if (pr := _pr_of(run)) is not None
+        ]
+
+    def finished(self, flow_name: str, *, since: datetime) -> list[FinishedRun]:
+        """Runs of ``flow_name`` since ``since`` that ended Completed or Failed, with their state messages."""
+        runs = self._runs(flow_name, [StateType.COMPLETED, StateType.FAILED], since, [])
+        return [
+            FinishedRun(ref, run.state.type.value, run.state.message or "")
+            for run in runs
+            if run.state is not None and (ref := run_ref(run)) is not None
         ]
 
     def teardowns(self, flow_name: str, *, since: datetime) -> list[TeardownMark]:

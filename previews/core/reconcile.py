@@ -5,7 +5,8 @@ The ``preview-reconcile`` flow reads the open PRs and our commit status on each 
 the previews sent, and this module decides per PR head SHA (pure; the flow does the I/O):
 
 - **up to date**: our status context on the SHA is terminal (success, failure, error), or a preview-image
-  run for that repository, PR and SHA is in flight;
+  run for that repository, PR and SHA is in flight, or one ended Completed or Failed (it posted a terminal
+  status: so the status need not be read, which saves one GitHub request per head that the pipeline saw);
 - **missing**: no status and no run in flight: start one preview-image run;
 - **stale pending**: a ``pending`` status older than the stale limit and no run in flight (the run that
   posted it is gone): start one;
@@ -20,7 +21,7 @@ one run between them, and a run that vanished can be started again in the next w
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -31,6 +32,9 @@ from previews.core.supersede import RunRef
 Kind = Literal["up-to-date", "missing", "stale-pending", "waiting", "teardown"]
 TERMINAL = frozenset({"success", "failure", "error"})
 DELIVERY_PREFIX = "reconcile:"
+SETTLED = frozenset({"COMPLETED", "FAILED"})
+# A run that skipped as the duplicate of an in-flight run built nothing itself (core/supersede.decide).
+DUPLICATE_SKIP = "skipped: duplicate of run "
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,20 @@ class OurStatus:
     id: int
     state: str
     updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRun:
+    """A preview-image run that ended: its PR and commit, its final state type and message."""
+
+    ref: RunRef
+    state: str
+    message: str
+
+    @property
+    def settled(self) -> bool:
+        """Completed or Failed and not a duplicate's skip: the run posted a terminal status for its commit."""
+        return self.state in SETTLED and not self.message.startswith(DUPLICATE_SKIP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +142,35 @@ def window(now: datetime, stale: timedelta) -> int:
     return int(now.timestamp() // max(stale.total_seconds(), 1.0))
 
 
-def in_flight_for(pull: OpenPull, in_flight: Iterable[RunRef]) -> RunRef | None:
-    """The first in-flight run of the same repository (any case), PR and commit as ``pull``'s head."""
-    me = RunRef("", "", datetime.min, pull.repository, pull.number, pull.head_sha)
-    return next((r for r in in_flight if not r.stopping and me.same_group(r) and me.same_commit(r)), None)
+class RunIndex:
+    """The preview-image runs in flight and ended, by repository (any case) and PR, for quick lookups."""
+
+    def __init__(self, in_flight: Iterable[RunRef] = (), finished: Iterable[FinishedRun] = ()) -> None:
+        self._in_flight: dict[tuple[str, int], list[RunRef]] = {}
+        self._finished: dict[tuple[str, int], list[FinishedRun]] = {}
+        for run in in_flight:
+            if not run.stopping:
+                self._in_flight.setdefault((run.repository.lower(), run.pr_number), []).append(run)
+        for ended in finished:
+            if ended.settled:
+                key = (ended.ref.repository.lower(), ended.ref.pr_number)
+                self._finished.setdefault(key, []).append(ended)
+
+    def in_flight_for(self, pull: OpenPull) -> RunRef | None:
+        """A run in flight (not being stopped) for ``pull``'s repository, PR and head commit."""
+        me = _me(pull)
+        runs = self._in_flight.get((pull.repository.lower(), pull.number), [])
+        return next((r for r in runs if me.same_commit(r)), None)
+
+    def settled_by(self, pull: OpenPull) -> FinishedRun | None:
+        """A run that ended for ``pull``'s head having posted a terminal status (:attr:`FinishedRun.settled`)."""
+        me = _me(pull)
+        runs = self._finished.get((pull.repository.lower(), pull.number), [])
+        return next((f for f in runs if me.same_commit(f.ref)), None)
+
+
+def _me(pull: OpenPull) -> RunRef:
+    return RunRef("", "", datetime.min, pull.repository, pull.number, pull.head_sha)
 
 
 def image_parameters(pull: OpenPull) -> dict[str, Any]:
@@ -146,16 +189,21 @@ def image_parameters(pull: OpenPull) -> dict[str, Any]:
 def decide_pull(
     pull: OpenPull,
     status: OurStatus | None,
-    in_flight: Sequence[RunRef],
+    runs: RunIndex,
     *,
     now: datetime,
     stale: timedelta,
 ) -> Decision:
-    """The decision for one open PR's head (``status`` is None when our context has none on it)."""
+    """The decision for one open PR's head (``status`` is None when our context has none on it, or when it
+    was not read)."""
     base: tuple[str, int, str | None] = (pull.repository, pull.number, pull.head_sha)
-    running = in_flight_for(pull, in_flight)
+    running = runs.in_flight_for(pull)
     if running is not None:
         return Decision("up-to-date", *base, reason=f"run {running.name} is in flight for this commit")
+    ended = runs.settled_by(pull)
+    if ended is not None:
+        word = ended.state.lower()
+        return Decision("up-to-date", *base, reason=f"run {ended.ref.name} ended {word} for this commit")
     if status is not None and status.state in TERMINAL:
         return Decision("up-to-date", *base, reason=f"our status is {status.state}")
     params = image_parameters(pull)
@@ -175,9 +223,10 @@ def decide_pull(
     )
 
 
-def needs_status(pull: OpenPull, in_flight: Sequence[RunRef]) -> bool:
-    """Whether the decision needs our status on ``pull``'s head (not when a run is in flight for it)."""
-    return in_flight_for(pull, in_flight) is None
+def needs_status(pull: OpenPull, runs: RunIndex) -> bool:
+    """Whether the decision needs our status on ``pull``'s head: not when a run is in flight for it, or one
+    ended having posted a terminal status."""
+    return runs.in_flight_for(pull) is None and runs.settled_by(pull) is None
 
 
 def teardown_candidates(

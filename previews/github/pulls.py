@@ -5,7 +5,7 @@ must be complete (``require_all``): a PR on a page not read would look like a cl
 counted (``requests``), and the reader stops before GitHub's hourly budget runs out: when the latest answer
 left fewer than ``reserve`` requests, the next read raises :class:`TransientGitHubError` with the reset time,
 so the builds' own status updates keep the rest. Cost per repository: one request per 100 open PRs, one per
-head SHA that has no run in flight, one per closed PR that still has a preview.
+head SHA that Prefect knows no run of (in flight, or ended), one per closed PR that still has a preview.
 """
 
 from __future__ import annotations

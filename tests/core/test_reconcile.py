@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from previews.core.reconcile import (
+    DUPLICATE_SKIP,
+    FinishedRun,
     OpenPull,
     OurStatus,
     PreviewMark,
+    RunIndex,
     TeardownMark,
     decide_closed,
     decide_pull,
@@ -19,7 +22,7 @@ from previews.core.reconcile import (
     parse_repositories,
     teardown_candidates,
 )
-from previews.core.supersede import RunRef
+from previews.core.supersede import RunRef, decide
 from previews.errors import ValidationError
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -61,15 +64,46 @@ def test_delivery_id_follows_the_convention() -> None:
     ],
 )
 def test_decide_pull(state: OurStatus | None, in_flight: list[RunRef], kind: str, starts: bool) -> None:
-    decision = decide_pull(PULL, state, in_flight, now=NOW, stale=STALE)
+    runs = RunIndex(in_flight)
+    decision = decide_pull(PULL, state, runs, now=NOW, stale=STALE)
     assert decision.kind == kind, decision.reason
     assert (decision.start == "preview-image") is starts
     assert decision.reason
-    assert needs_status(PULL, in_flight) is not decision.reason.endswith("is in flight for this commit")
+    assert needs_status(PULL, runs) is not decision.reason.endswith("is in flight for this commit")
+
+
+@pytest.mark.parametrize(
+    ("state", "message", "settled"),
+    [
+        ("COMPLETED", "pushed x@sha256:1", True),
+        ("COMPLETED", "skipped: only docs changed", True),
+        ("FAILED", "docker build failed", True),
+        ("COMPLETED", DUPLICATE_SKIP + "pr-7-aaaaaaa already building " + SHA, False),
+        ("CRASHED", "", False),
+        ("CANCELLED", "superseded by " + "c" * 40, False),
+    ],
+)
+def test_a_run_that_ended_having_posted_a_terminal_status_settles_the_head(
+    state: str, message: str, settled: bool
+) -> None:
+    runs = RunIndex(finished=[FinishedRun(run(SHA[:7]), state, message)])
+    decision = decide_pull(PULL, None, runs, now=NOW, stale=STALE)
+    assert needs_status(PULL, runs) is not settled
+    assert (decision.kind == "up-to-date") is settled
+    if settled:
+        assert decision.reason == f"run pr-7-aaaaaaa ended {state.lower()} for this commit"
+    other = RunIndex(finished=[FinishedRun(run("c" * 40), state, message)])
+    assert needs_status(PULL, other)
+
+
+def test_the_duplicate_skip_is_the_one_supersede_gives() -> None:
+    older = RunRef("1", "pr-7-aaaaaaa", NOW - timedelta(minutes=1), "acme/app", 7, SHA)
+    newer = RunRef("2", "pr-7-aaaaaaa", NOW, "acme/app", 7, SHA)
+    assert decide(newer, [older], now=NOW, stale_after=STALE).reason.startswith(DUPLICATE_SKIP)
 
 
 def test_a_started_run_carries_the_events_parameters_and_a_key_per_window() -> None:
-    decision = decide_pull(PULL, None, [], now=NOW, stale=STALE)
+    decision = decide_pull(PULL, None, RunIndex(), now=NOW, stale=STALE)
     assert decision.parameters == {
         "repository": "Acme/App",
         "pr_number": 7,
@@ -79,8 +113,8 @@ def test_a_started_run_carries_the_events_parameters_and_a_key_per_window() -> N
         "labels": ["x"],
         "delivery": delivery_id("Acme/App", 7, SHA),
     }
-    same_window = decide_pull(PULL, None, [], now=NOW + timedelta(minutes=1), stale=STALE)
-    next_window = decide_pull(PULL, None, [], now=NOW + STALE, stale=STALE)
+    same_window = decide_pull(PULL, None, RunIndex(), now=NOW + timedelta(minutes=1), stale=STALE)
+    next_window = decide_pull(PULL, None, RunIndex(), now=NOW + STALE, stale=STALE)
     assert same_window.idempotency_key == decision.idempotency_key
     assert next_window.idempotency_key != decision.idempotency_key
     assert decision.idempotency_key is not None

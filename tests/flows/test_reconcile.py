@@ -140,6 +140,7 @@ def test_reconcile_builds_every_missed_head_once_and_tears_down_a_missed_close(
     second = reconcile(settings, dry_run=False)
     assert second.counts == {"up-to-date": PRS}
     assert second.started == []
+    assert second.github_requests == 1  # the listing: Prefect knows the run that ended for every head
 
     # A late real delivery for one of those SHAs (as the trigger renders it) builds nothing new.
     digest_before = registry.manifest(image, f"pr-5-{heads[5]}")[0]
