@@ -49,6 +49,7 @@ class ReconcileReport(BaseModel):
 
     dry_run: bool
     repositories: list[str]
+    read: list[str]
     complete: bool
     stopped_by: Stop | None = None
     reason: str | None = None
@@ -192,6 +193,7 @@ def _read_all(
 def _report(
     dry_run: bool,
     repositories: Sequence[str],
+    facts: Sequence[RepositoryFacts],
     decisions: Sequence[Decision],
     started: Sequence[tuple[Decision, StartedRun]],
     stop: tuple[Stop, str] | None,
@@ -206,6 +208,7 @@ def _report(
     report = ReconcileReport(
         dry_run=dry_run,
         repositories=list(repositories),
+        read=[f.repository for f in facts],
         complete=stop is None,
         stopped_by=stop[0] if stop else None,
         reason=stop[1] if stop else None,
@@ -251,7 +254,7 @@ def preview_reconcile(dry_run: bool = True, *, wiring: Wiring) -> State[Reconcil
     stop: tuple[Stop, str] | None = (
         ("github", github_stop) if github_stop else ("prefect", prefect_stop) if prefect_stop else None
     )
-    report = _report(dry_run, repositories, decisions, started, stop, reader.requests)
+    report = _report(dry_run, repositories, facts, decisions, started, stop, reader.requests)
     if stop is not None:
         return Failed(message=report.summary, data=report)
     return Completed(message=report.summary, data=report)

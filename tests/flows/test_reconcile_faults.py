@@ -95,6 +95,7 @@ def test_a_hostile_status_read_ends_the_reconcile_and_a_rerun_starts_nothing_twi
     assert report.reason is not None
     assert said in report.reason
     assert started_prs(report) == [(first, 1), (first, 2), (first, 3)]  # the repository read completely
+    assert report.read == [first]
     assert report.github_requests == 1 + 3 + 1 + 1  # one listing and 3 statuses, one listing, one status
 
     ok, again = reconcile(settings(github, deployment, first, second))
