@@ -3,8 +3,8 @@
 Tasks, each one adapter call and each visible in the Prefect UI: validate -> supersede -> read-pull-request
 -> checkout -> changed-files -> check-published -> warm-cache -> build -> check-superseded -> push ->
 notify-infra. Every decision is made in :mod:`previews.core.plan`; this module carries the values between the
-tasks, posts the commit statuses and writes the summary. Only transient failures are retried; invalid input
-fails at validate and touches nothing.
+tasks, reports through :class:`~previews.github.reporting.Reporter` (commit statuses and/or check runs) and
+writes the summary. Only transient failures are retried; invalid input fails at validate and touches nothing.
 
 Cancel-in-progress: ``supersede`` cancels older in-flight runs of the same PR at another SHA, skips this run
 when an older run already builds the same SHA, and stops it when a newer run exists; ``check-superseded``
@@ -35,9 +35,9 @@ from pydantic import SecretStr
 
 from flows.common import Stopwatch, WiredFlow, log_notify, retry_transient_only, retrying, wired_flow
 from previews import build_cache, git
-from previews.core import plan, status
+from previews.core import checks, plan, status
 from previews.core.fingerprint import is_published
-from previews.core.names import parse_pr_number, parse_sha
+from previews.core.names import FULL_SHA_RE, parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
 from previews.core.plan import BuildConfig, BuildSpec, PreviewParams, Skip, Subject
 from previews.core.request import BuildRequest
@@ -46,8 +46,9 @@ from previews.core.supersede import SupersedeDecision, run_tags, stale_after
 from previews.docker_engine import BuiltImage, DockerEngine, PushedImage, RegistryLogin
 from previews.errors import PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
+from previews.github.checks import complete_open_check_runs
 from previews.github.client import GitHubClient, PullRequestInfo
-from previews.github.statuses import StatusReporter
+from previews.github.reporting import Reporter
 from previews.registry.oci import OciRegistry
 from previews.runs import PREVIEW_CREATED_TAG, PrefectRuns, Supersession, flow_run_url
 from previews.settings import Settings
@@ -282,7 +283,7 @@ class _Run:
     config: BuildConfig
     wiring: Wiring
     github: GitHubClient | None
-    reporter: StatusReporter
+    reporter: Reporter
     clock: Stopwatch
     run_id: str | None
 
@@ -326,12 +327,39 @@ def remove_run_workspace(flow: Flow[..., object], flow_run: FlowRun, state: Stat
         logging.getLogger(__name__).warning("could not remove the workspace of run %s", flow_run.id)
 
 
+def close_run_check(flow: Flow[..., object], flow_run: FlowRun, state: State) -> None:
+    """State hook (cancelled, crashed): complete the run's open check run so a required check never hangs."""
+    try:
+        assert isinstance(flow, WiredFlow)
+        wiring = flow.source()
+        params, settings = flow_run.parameters, wiring.settings
+        sha, repository = params.get("head_sha"), params.get("repository")
+        if not wiring.report_mode().checks or not isinstance(sha, str) or not isinstance(repository, str):
+            return
+        github = wiring.github()
+        if github is None or not FULL_SHA_RE.fullmatch(sha):
+            return
+        url = f"{settings.ui_url.rstrip('/')}/runs/flow-run/{flow_run.id}" if settings.ui_url else None
+        with github:
+            complete_open_check_runs(
+                github,
+                repository,
+                sha,
+                name=settings.check_name,
+                update=checks.run_ended(state.type.value),
+                external_id=str(flow_run.id),
+                run_url=url,
+            )
+    except Exception:  # a hook must not mask the run's own outcome
+        logging.getLogger(__name__).warning("could not complete the check run of run %s", flow_run.id)
+
+
 @wired_flow(
     name="preview-image",
     flow_run_name=run_name,
     validate_parameters=False,
-    on_cancellation=[remove_run_workspace],
-    on_crashed=[remove_run_workspace],
+    on_cancellation=[remove_run_workspace, close_run_check],
+    on_crashed=[remove_run_workspace, close_run_check],
 )
 def preview_image(
     repository: str,
@@ -371,11 +399,11 @@ def _opened(wiring: Wiring, params: PreviewParams, clock: Stopwatch) -> Iterator
         if github is not None:
             stack.enter_context(github)
         url = flow_run_url(settings.ui_url)
-        reporter = StatusReporter(
-            github, params.request.repository, settings.status_context, url, get_run_logger()
+        run_id = str(flow_run.id) if flow_run.id else None
+        reporter = wiring.reporter(
+            github, params.request.repository, run_url=url, run_id=run_id, logger=get_run_logger()
         )
         reporter.use_sha(params.request.head_sha)
-        run_id = str(flow_run.id) if flow_run.id else None
         yield _Run(params, settings, settings.build_config(), wiring, github, reporter, clock, run_id)
 
 
@@ -386,7 +414,9 @@ def _reported(run: _Run) -> State:
     except TerminationSignal:
         raise  # cancelled (the superseding run posts the status) or killed: nothing more to say here
     except BaseException as exc:
-        run.reporter.post(plan.failure_status(exc))
+        failure = checks.failed_step(run.clock.failed, exc)
+        detail = checks.RunDetail(failure=failure, durations_s=run.clock.durations)
+        run.reporter.post(plan.failure_status(exc), detail)
         raise
 
 
@@ -453,6 +483,7 @@ def _subject(run: _Run) -> Subject:
 def _build_and_publish(run: _Run, subject: Subject, secrets: dict[str, SecretStr]) -> State:
     """Check out the commit; skip a docs-only change; build (or reuse) the image; then publish it."""
     workspace = _fresh_workspace(run)
+    run.reporter.started()
     try:
         with run.clock("checkout"):
             checkout = run.retrying(checkout_source)(
@@ -577,11 +608,11 @@ def _publish(run: _Run, head_sha: str, image: _Image) -> State:
 
 def _finish(run: _Run, result: PreviewResult, update: StatusUpdate | None = None) -> State:
     """Post the final commit status, write the summary artifact, end the run Completed with the outcome."""
+    result = replace(result, durations_s=run.clock.durations, flow_run_id=run.run_id)
     if update is not None:
-        run.reporter.post(update)
+        run.reporter.post(update, checks.RunDetail(result=result))
     if result.notify is not None and result.notify.sent and run.run_id is not None:
         _mark_created(run, run.run_id)
-    result = replace(result, durations_s=run.clock.durations, flow_run_id=run.run_id)
     key = f"preview-pr-{result.pr_number}" if result.pr_number else "preview-invalid"
     create_markdown_artifact(markdown=summary_markdown(result), key=key, description=result.reason)
     return Completed(message=result.reason, data=result)

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from flows.triggers import image_trigger, teardown_trigger
+from flows.triggers import image_trigger, rerun_trigger, teardown_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,12 +19,17 @@ def deployments() -> dict[str, dict[str, Any]]:
 
 def test_yaml_triggers_match_the_served_triggers() -> None:
     found = deployments()
-    for name, trigger in (("preview-image", image_trigger()), ("preview-teardown", teardown_trigger())):
-        (declared,) = found[name]["triggers"]
-        assert declared["name"] == trigger.name
-        assert set(declared["expect"]) == trigger.expect
-        assert declared["match"] == trigger.match.model_dump()
-        assert declared["parameters"] == trigger.parameters
+    served = {
+        "preview-image": [image_trigger(), rerun_trigger()],
+        "preview-teardown": [teardown_trigger()],
+    }
+    for name, triggers in served.items():
+        declared_triggers = found[name]["triggers"]
+        assert [d["name"] for d in declared_triggers] == [t.name for t in triggers]
+        for declared, trigger in zip(declared_triggers, triggers, strict=True):
+            assert set(declared["expect"]) == trigger.expect
+            assert declared["match"] == trigger.match.model_dump()
+            assert declared["parameters"] == trigger.parameters
 
 
 def test_yaml_holds_no_secret_and_no_block_reference_in_job_variables() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from previews.core.checks import RunDetail
 from previews.core.names import FULL_SHA_RE
 from previews.core.status import StatusUpdate
 from previews.errors import PreviewsError
@@ -31,8 +32,13 @@ class StatusReporter:
         if FULL_SHA_RE.fullmatch(sha):
             self.sha = sha
 
-    def post(self, update: StatusUpdate) -> None:
-        """Post ``update`` on this run's SHA; log (never raise) when GitHub refuses or is unreachable."""
+    def started(self) -> None:
+        """The build work begins: a commit status has no state for that beyond ``pending``; nothing to post."""
+
+    def post(self, update: StatusUpdate, detail: RunDetail | None = None) -> None:
+        """Post ``update`` on this run's SHA; log (never raise) when GitHub refuses or is unreachable.
+
+        A commit status carries the description only: ``detail`` is for check runs."""
         self.last = update
         if self.client is None:
             self.logger.info("commit status (not posted, no GitHub credentials): %s", update.description)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
@@ -41,16 +42,27 @@ def serve_preview_image(
     log: Path,
     name: str | None = None,
     timeout: float = 90.0,
+    triggers: bool = False,
     teardown: bool = False,
 ) -> Iterator[str]:
     """Serve ``preview-image`` as deployment ``name`` in a subprocess; yields ``preview-image/<name>``.
 
-    With ``teardown``, ``preview-teardown/<name>`` is served by the same process too."""
+    With ``triggers`` the deployment carries the event triggers of ``flows/triggers.py``; the deployment and
+    its trigger automations are deleted afterwards, so later events of the session start nothing of it.
+    With ``teardown``, ``preview-teardown/<name>`` (without triggers) is served by the same process too.
+    """
     name = name or f"test-{uuid.uuid4().hex[:8]}"
     full = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.served", name, *(["--teardown"] if teardown else [])],
+            [
+                sys.executable,
+                "-m",
+                "tests.support.served",
+                name,
+                *(["--triggers"] if triggers else []),
+                *(["--teardown"] if teardown else []),
+            ],
             cwd=ROOT,
             env=full,
             stdout=out,
@@ -75,6 +87,18 @@ def serve_preview_image(
         yield f"preview-image/{name}"
     finally:
         stop(proc, timeout=30)
+        if triggers:
+            _delete_deployment(f"preview-image/{name}")
+
+
+def _delete_deployment(full_name: str) -> None:
+    """Delete a deployment and the automations its triggers left behind (deleting it alone keeps them)."""
+    with _sync_client() as client:
+        deployment = client.read_deployment_by_name(full_name)
+        api = str(client.api_url).rstrip("/")
+        owned = f"{api}/automations/owned-by/prefect.deployment.{deployment.id}"
+        httpx.delete(owned, timeout=30).raise_for_status()
+        client.delete_deployment(deployment.id)
 
 
 def create_run(deployment: str, parameters: dict[str, Any]) -> FlowRun:
@@ -135,8 +159,10 @@ def main() -> None:
 
     from flows.preview_image import preview_image
     from flows.preview_teardown import preview_teardown
+    from flows.triggers import image_trigger, rerun_trigger
 
-    deployments = [preview_image.to_deployment(name=sys.argv[1])]
+    triggers = [image_trigger(), rerun_trigger()] if "--triggers" in sys.argv[2:] else None
+    deployments = [preview_image.to_deployment(name=sys.argv[1], triggers=triggers)]
     if "--teardown" in sys.argv[2:]:
         deployments.append(preview_teardown.to_deployment(name=sys.argv[1]))
     assert all(isinstance(d, RunnerDeployment) for d in deployments)
