@@ -244,10 +244,11 @@ def preview_reconcile(dry_run: bool = True, *, wiring: Wiring) -> State[Reconcil
     one preview-image run per head that was missed and one teardown per closed PR whose preview remains."""
     settings = wiring.settings
     repositories, github = wiring.reconcile_github()
+    check_name = None if wiring.report_mode().statuses else settings.check_name  # checks only: read those
     now, stale = datetime.now(UTC), timedelta(minutes=settings.reconcile_stale_minutes)
     with github, wiring.prefect_runs() as runs:
         snapshot = retrying(read_runs, settings)(runs, now - timedelta(days=settings.cleanup_ttl_days))
-        reader = PullReader(github, context=settings.status_context)
+        reader = PullReader(github, context=settings.status_context, check_name=check_name)
         facts, github_stop = _read_all(reader, repositories, snapshot)
         decisions = plan_reconcile(facts, snapshot.runs, now, stale)
         started, prefect_stop = ([], None) if dry_run else start_runs(runs, decisions, settings)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from pydantic import SecretStr
 
 from flows.preview_image import preview_image
 from flows.preview_reconcile import ReconcileReport, preview_reconcile
+from previews.github.checks import create_check_run
 from previews.settings import Settings
 from previews.wiring import Wiring
 from previews_cli.app import main
@@ -144,6 +146,40 @@ def test_a_dry_run_starts_nothing(github: FakeGitHub, deployment: str) -> None:
     assert [d["run"] for d in report.decisions] == ["dry run"] * 3
     ok, again = reconcile(settings(github, deployment, first), dry_run=True)
     assert again.counts == {"missing": 3}  # nothing was started in between
+
+
+def test_with_check_runs_only_it_reads_the_check_runs(github: FakeGitHub, deployment: str) -> None:
+    first, _ = repos_with_pulls(github, count=4)
+    key = github.enable_app(app_id=4242, installation_id=77)
+    values = settings(github, deployment, first).model_copy(
+        update={
+            "github_token": None,
+            "github_app_id": 4242,
+            "github_app_private_key": SecretStr(key),
+            "github_app_installation_id": 77,
+            "github_report": "check",
+        }
+    )
+    heads = {n: secrets.token_hex(20) for n in (1, 2, 3, 4)}
+    for number, sha in heads.items():
+        github.set_head(first, number, sha)
+    client = Wiring(values).github()
+    assert client is not None
+    with client:
+        create_check_run(
+            client, first, name="preview-image", head_sha=heads[1], status="completed", conclusion="failure"
+        )
+        create_check_run(client, first, name="preview-image", head_sha=heads[2], status="in_progress")
+        create_check_run(
+            client, first, name="other-check", head_sha=heads[3], status="completed", conclusion="success"
+        )
+        old = datetime.now(UTC) - timedelta(hours=2)
+        create_check_run(client, first, name="preview-image", head_sha=heads[4], status="in_progress", at=old)
+    ok, report = reconcile(values, dry_run=True)
+    assert ok, report.reason
+    kinds = {d["pr_number"]: d["kind"] for d in report.decisions}
+    assert kinds == {1: "up-to-date", 2: "waiting", 3: "missing", 4: "stale-pending"}
+    assert github.requests_to("GET", "/repos/*/commits/*/status") == []
 
 
 # --- the command ------------------------------------------------------------------------------------------------
