@@ -1,16 +1,22 @@
-"""Reconcile with GitHub, end to end: a real Prefect server with the deployments served in a subprocess, the
-real Docker engine, registry and git remotes, and the fake GitHub (the receiver is simply not running: no
-event reaches Prefect, as when it was down while the PRs were pushed and closed)."""
+"""Reconcile with GitHub, end to end: a real Prefect server with the deployments served in a subprocess (with
+their event trigger), the real Docker engine, registry and git remotes, and the fake GitHub. The receiver is
+not running while the PRs are pushed and closed (no event reaches Prefect); it is back for a late delivery."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 from prefect.client.schemas.objects import StateType
+from pydantic import SecretStr
 
 from flows.preview_reconcile import ReconcileReport, preview_reconcile
 from previews.core.reconcile import delivery_id
@@ -21,6 +27,7 @@ from tests.support.fake_github import FakeGitHub
 from tests.support.sample import SampleProject, make_sample
 from tests.support.served import create_run, serve_preview_image, task_states, wait_final
 from tests.support.services import Registry
+from tests.support.webhooks import SECRET, headers, run_receiver, synchronize_payload
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "base_image")
 
@@ -54,7 +61,8 @@ def stack(
     workspace.mkdir()
     name = f"rec-{uuid.uuid4().hex[:8]}"
     env = served_env(sample, registry, github, workspace)
-    with serve_preview_image(env, log=session_dir / f"{name}.log", name=name, teardown=True) as deployment:
+    log = session_dir / f"{name}.log"
+    with serve_preview_image(env, log=log, name=name, teardown=True, triggers=True) as deployment:
         settings = settings_for(
             sample,
             registry,
@@ -80,6 +88,43 @@ def completed(run_id: Any) -> None:
     assert run.state.type == StateType.COMPLETED, (run.name, run.state.message)
 
 
+def deliver_late(
+    tmp_path: Path, api: str, deployment: str, repo: str, number: int, sha: str, base: str
+) -> str:
+    """A signed ``synchronize`` delivery through the real receiver; the id of the run its event started."""
+    payload = synchronize_payload(repository=repo, number=number)
+    payload["pull_request"]["head"]["sha"] = sha
+    payload["pull_request"]["base"]["sha"] = base
+    body, guid = json.dumps(payload).encode(), str(uuid.uuid4())
+    settings = Settings(
+        webhook_secret=SecretStr(SECRET),
+        outbox_path=tmp_path / "outbox.sqlite3",
+        prefect_api_url=api,
+        forwarder_poll_seconds=0.2,
+    )
+    with run_receiver(settings) as receiver:
+        answer = httpx.post(
+            receiver.webhook_url, content=body, headers=headers(body, delivery=guid), timeout=30
+        )
+        assert answer.json()["status"] == "accepted", answer.text
+        deadline = time.monotonic() + 60
+        while not (runs := runs_of(deployment, guid)):
+            assert time.monotonic() < deadline, "the delivery started no run"
+            time.sleep(0.25)
+    (run,) = runs
+    return run
+
+
+def runs_of(deployment: str, delivery: str) -> list[str]:
+    """Ids of the deployment's runs whose ``delivery`` parameter is ``delivery``."""
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        found = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[dep.id])), limit=200
+        )
+    return [str(r.id) for r in found if (r.parameters or {}).get("delivery") == delivery]
+
+
 def teardowns(github: FakeGitHub, pr: int) -> list[dict[str, Any]]:
     return [
         d
@@ -94,6 +139,8 @@ def test_reconcile_builds_every_missed_head_once_and_tears_down_a_missed_close(
     github: FakeGitHub,
     registry: Registry,
     image_cleanup: list[str],
+    tmp_path: Path,
+    prefect_server: str,
 ) -> None:
     sample, deployment, settings = stack
     repo, image = sample.app.repository, sample.app.repository.lower()
@@ -142,13 +189,11 @@ def test_reconcile_builds_every_missed_head_once_and_tears_down_a_missed_close(
     assert second.started == []
     assert second.github_requests == 1  # the listing: Prefect knows the run that ended for every head
 
-    # A late real delivery for one of those SHAs (as the trigger renders it) builds nothing new.
+    # The receiver is back: a late real delivery for one of those SHAs builds nothing new.
     digest_before = registry.manifest(image, f"pr-5-{heads[5]}")[0]
-    late = create_run(deployment, {"repository": repo, "pr_number": 5, "head_sha": heads[5],
-                                   "base_sha": sample.head_sha, "fork": False, "labels": ["l5"],
-                                   "delivery": str(uuid.uuid4())})  # fmt: skip
-    completed(late.id)
-    tasks = task_states(late.id)
+    late = deliver_late(tmp_path, prefect_server, deployment, repo, 5, heads[5], sample.head_sha)
+    completed(late)
+    tasks = task_states(uuid.UUID(late))
     assert "build" not in tasks, tasks
     assert "push" not in tasks, tasks
     assert registry.manifest(image, f"pr-5-{heads[5]}")[0] == digest_before
