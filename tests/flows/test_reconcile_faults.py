@@ -242,3 +242,18 @@ def test_cli_without_prefect_is_unreachable(github: FakeGitHub) -> None:
     )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert proc.stderr.startswith("unreachable: ")
+
+
+def test_one_idempotency_key_starts_one_run(deployment: str) -> None:
+    values = Settings()
+    key = f"reconcile:{secrets.token_hex(8)}:1"
+    params = {"repository": "acme/keyed", "pr_number": 9, "head_sha": secrets.token_hex(20)}
+    with Wiring(values).prefect_runs() as runs:
+        first = runs.start(deployment, params, idempotency_key=key, tags=["reconcile"])
+        again = runs.start(deployment, params, idempotency_key=key, tags=["reconcile"])
+        other = runs.start(deployment, params, idempotency_key=key + "0", tags=["reconcile"])
+    assert first.fresh
+    assert not again.fresh
+    assert again.id == first.id
+    assert other.fresh
+    assert other.id != first.id
