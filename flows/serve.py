@@ -20,10 +20,10 @@ def main() -> None:
     teardown = preview_teardown.to_deployment(name="preview-teardown", triggers=[teardown_trigger()])
     assert isinstance(image, RunnerDeployment)
     assert isinstance(teardown, RunnerDeployment)
+    reconcile = preview_reconcile.deployment(scheduled=_reconcile_configured())
     # Prefect pauses served deployments on shutdown by default: an API call that retries for as long as the
     # server is unreachable, so a SIGTERM after the server stopped hung until a second SIGTERM. Leaving them
     # unpaused makes shutdown need no API call; serving them again updates them anyway.
-    reconcile = preview_reconcile.deployment(scheduled=_reconcile_configured())
     serve(image, teardown, reconcile, limit=4, pause_on_shutdown=False)
 
 
