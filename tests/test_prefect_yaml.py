@@ -40,6 +40,19 @@ def test_yaml_holds_no_secret_and_no_block_reference_in_job_variables() -> None:
         assert not any(k.endswith(("TOKEN", "PASSWORD", "SECRET", "PRIVATE_KEY")) for k in env)
 
 
+def test_the_scheduled_cleanup_deletes_and_says_so() -> None:
+    """Issue 13 item 9: the deployment's mode is explicit (the flow's own default is a dry run)."""
+    cleanup = deployments()["preview-cleanup"]
+    assert cleanup["parameters"] == {"dry_run": False}
+    assert cleanup["schedules"]
+    text = (ROOT / "prefect.yaml").read_text()
+    assert "MODE: this deployment DELETES" in text
+    assert '"Quick run"' in text
+    readme = (ROOT / "README.md").read_text()
+    assert "**Quick run**" in readme
+    assert "`preview-cleanup` deployment in `prefect.yaml` deletes" in readme
+
+
 def test_entrypoints_exist() -> None:
     for deployment in deployments().values():
         module, _, func = deployment["entrypoint"].partition(":")

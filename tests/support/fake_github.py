@@ -46,6 +46,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 import uvicorn
@@ -475,6 +476,10 @@ class FakeGitHub:
             return self._create_status(m.group(1), m.group(2), record.json)
         if method == "GET" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/commits/([^/]+)/status", path)):
             return self._combined_status(m.group(1), m.group(2))
+        if method == "DELETE" and (
+            m := re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/labels/([^/]+)", path)
+        ):
+            return self._remove_label(m.group(1), int(m.group(2)), unquote(m.group(3)))
         if method == "POST" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/dispatches", path)):
             return self._dispatch(m.group(1), record.json, raw)
         if m := re.fullmatch(r"/repos/([^/]+/[^/]+)/check-runs(?:/(\d+))?", path):
@@ -487,6 +492,25 @@ class FakeGitHub:
         if method == "GET" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/commits/([^/]+)/check-runs", path)):
             return self._list_check_runs(m.group(1), m.group(2), record.query)
         return self._error(404, "Not Found")
+
+    def _remove_label(self, repository: str, number: int, name: str) -> Response:
+        """``DELETE /repos/{o}/{r}/issues/{n}/labels/{name}``: 200 with the labels left, 404 "Label does not
+        exist" when the issue does not carry it (GitHub's documented answers)."""
+        with self._lock:
+            pull = self._pulls.get((repository.lower(), number))
+            labels = pull["labels"] if pull else []
+            kept = [label for label in labels if label["name"].lower() != name.lower()]
+            if pull is None or len(kept) == len(labels):
+                found = None
+            else:
+                pull["labels"] = kept
+                found = kept
+        return self._error(404, "Label does not exist") if found is None else self._json(200, found)
+
+    def labels(self, repository: str, number: int) -> list[str]:
+        """The names of the labels on a pull request now."""
+        with self._lock:
+            return [label["name"] for label in self._pulls[(repository.lower(), number)]["labels"]]
 
     def _access_token(self, installation: int, auth: str) -> Response:
         app = self._app
