@@ -20,6 +20,7 @@ from previews.core.labels import github_server_url
 from previews.core.names import parse_registry
 from previews.core.paths import PathFilter, choose_filter
 from previews.core.plan import BuildConfig
+from previews.core.reconcile import parse_repositories
 from previews.errors import SettingsError, ValidationError
 
 
@@ -50,6 +51,15 @@ class Settings(BaseSettings):
     cleanup_ttl_days: float = Field(default=30.0, gt=0, le=3650)
     cleanup_deletes_per_minute: float = Field(default=180.0, gt=0, le=1000)
     cleanup_ghcr_owner_kind: Literal["org", "user"] = "org"
+
+    # Reconcile with GitHub (issue 14)
+    reconcile_repositories: str | None = Field(
+        default=None,
+        description="comma-separated owner/name to reconcile; default: PREVIEWS_ALLOWED_REPOSITORIES",
+    )
+    reconcile_stale_minutes: float = Field(default=30.0, gt=0, le=7 * 24 * 60)
+    reconcile_image_deployment: str = "preview-image/preview-image"
+    reconcile_teardown_deployment: str = "preview-teardown/preview-teardown"
 
     # Source checkout
     git_url_template: str = "https://github.com/{repository}.git"
@@ -155,6 +165,12 @@ class Settings(BaseSettings):
         return bool(self.registry_username) and bool(
             self.registry_token and self.registry_token.get_secret_value()
         )
+
+    def reconcile_repository_names(self) -> tuple[str, ...]:
+        """``PREVIEWS_RECONCILE_REPOSITORIES`` (else ``PREVIEWS_ALLOWED_REPOSITORIES``), checked, in order."""
+        if self.reconcile_repositories is not None:
+            return parse_repositories(self.reconcile_repositories, field="PREVIEWS_RECONCILE_REPOSITORIES")
+        return parse_repositories(self.allowed_repositories, field="PREVIEWS_ALLOWED_REPOSITORIES")
 
     def protected_tag_patterns(self) -> tuple[str, ...]:
         """Default protected tags plus the configured extras."""

@@ -209,6 +209,21 @@ class Wiring:
 
         return RunHistory(get_client(sync_client=True))
 
+    def reconcile_github(self) -> tuple[tuple[str, ...], GitHubClient]:
+        """The repositories to reconcile and the GitHub client that reads them; either missing is bad config."""
+        repositories = self.settings.reconcile_repository_names()
+        if not repositories:
+            raise ValidationError(
+                "PREVIEWS_RECONCILE_REPOSITORIES",
+                "no repository to reconcile (set it, or PREVIEWS_ALLOWED_REPOSITORIES)",
+            )
+        github = self.github()
+        if github is None:
+            raise ValidationError(
+                "PREVIEWS_GITHUB_TOKEN", "reconcile reads GitHub: set a token (or a GitHub App)"
+            )
+        return repositories, github
+
     # --- cleanup ------------------------------------------------------------------------------------------
 
     def cleanup_image(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from previews.errors import PreviewsError
 from previews.local import stack
 from previews_cli import common, receiver, status
+from previews_cli import reconcile as reconcile_cli
 from previews_cli.common import EXIT_FAILED, EXIT_OK
 from previews_cli.progress import run_progress
 
@@ -203,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (_register_flows, status.register, receiver.register, stack.register):
         register(sub)
+    reconcile_cli.register(sub)
     return root
 
 
