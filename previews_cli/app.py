@@ -168,6 +168,10 @@ def _cleanup(args: argparse.Namespace) -> int:
         "dry run: nothing deleted" if result.dry_run else f"removed {result.removed}, failed {result.failed}"
     )
     human = [f"{result.image}: {result.tags} tags, {result.planned_removals} planned removals ({mode})"]
+    human.append(
+        f"  PR states from {result.repository or 'no repository'} ({result.repository_decided_by}); "
+        f"{result.unknown_pr_states} unknown"
+    )
     human += [f"  {count:6d}  {why}" for why, count in sorted(result.counts.items())]
     human += [f"  failed: {failure}" for failure in result.failures]
     return common.finish(args, body, human, EXIT_FAILED if failed else EXIT_OK)
