@@ -24,6 +24,7 @@ from typing import Any
 from prefect.exceptions import TerminationSignal
 from prefect.runner import Runner
 
+from flows import preview_reconcile
 from flows.preview_image import preview_image
 from flows.preview_teardown import preview_teardown
 from flows.triggers import image_trigger, rerun_trigger, teardown_trigger
@@ -83,11 +84,26 @@ def main() -> None:
     # from it in a forked process instead of a `python -m prefect.engine` that loads the entrypoint again.
     runner.add_flow(preview_image, name="preview-image", triggers=[image_trigger(), rerun_trigger()])
     runner.add_flow(preview_teardown, name="preview-teardown", triggers=[teardown_trigger()])
+    runner.add_deployment(preview_reconcile.deployment(scheduled=_reconcile_configured()))  # scheduled: cold
     print(
-        f"serving preview-image and preview-teardown ({'warm forkserver' if warm else 'spawn'})", flush=True
+        f"serving preview-image, preview-teardown and preview-reconcile ({'warm forkserver' if warm else 'spawn'})",
+        flush=True,
     )
     with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
         asyncio.run(runner.start())
+
+
+def _reconcile_configured() -> bool:
+    """Schedule the reconcile only where it can work: repositories to reconcile and GitHub credentials."""
+    from previews.errors import ValidationError
+    from previews.settings import Settings
+
+    try:
+        settings = Settings()
+        repositories = settings.reconcile_repository_names()
+    except ValidationError:
+        return False
+    return bool(repositories) and bool(settings.github_token or settings.github_app_id)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ IMAGE_PARAMETERS: dict[str, Any] = {
     "fork": "{{ event.payload.fork }}",
     "labels": "{{ event.payload.labels }}",
     "delivery": "{{ event.payload.delivery }}",
+    "action": "{{ event.payload.action }}",
 }
 # A check's "Re-run" button (previews/core/rerequest.py): the PR and SHA of the check; GitHub fills in the rest
 # when the run reads the pull request. ``force_rebuild`` is true when the re-requested check had not passed.

@@ -40,8 +40,34 @@ def test_yaml_holds_no_secret_and_no_block_reference_in_job_variables() -> None:
         assert not any(k.endswith(("TOKEN", "PASSWORD", "SECRET", "PRIVATE_KEY")) for k in env)
 
 
+def test_the_scheduled_cleanup_deletes_and_says_so() -> None:
+    """Issue 13 item 9: the deployment's mode is explicit (the flow's own default is a dry run)."""
+    cleanup = deployments()["preview-cleanup"]
+    assert cleanup["parameters"] == {"dry_run": False}
+    assert cleanup["schedules"]
+    text = (ROOT / "prefect.yaml").read_text()
+    assert "MODE: this deployment DELETES" in text
+    assert '"Quick run"' in text
+    readme = (ROOT / "README.md").read_text()
+    assert "**Quick run**" in readme
+    assert "`preview-cleanup` deployment in `prefect.yaml` deletes" in readme
+
+
 def test_entrypoints_exist() -> None:
     for deployment in deployments().values():
         module, _, func = deployment["entrypoint"].partition(":")
         assert (ROOT / module).exists()
         assert f"def {func}(" in (ROOT / module).read_text()
+
+
+def test_reconcile_deployment_matches_the_served_one() -> None:
+    from flows.preview_reconcile import INTERVAL_SECONDS, deployment
+
+    declared = deployments()["preview-reconcile"]
+    served = deployment(scheduled=True)
+    assert declared["entrypoint"] == "flows/preview_reconcile.py:preview_reconcile"
+    assert declared["schedules"] == [{"interval": INTERVAL_SECONDS}]
+    assert [s.schedule.interval.total_seconds() for s in served.schedules] == [INTERVAL_SECONDS]  # type: ignore[union-attr]
+    assert declared["parameters"] == served.parameters == {"dry_run": False}
+    assert declared["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert served.concurrency_limit == 1

@@ -86,3 +86,10 @@ def superseded(newer_sha: str | None = None) -> StatusUpdate:
     if newer_sha:
         text += f" ({newer_sha[:12]})"
     return StatusUpdate("error", text, "cancelled")
+
+
+def stale_event(head_sha: str) -> StatusUpdate:
+    """An event for a commit that is no longer the PR's head: nothing was built for it; the head is named."""
+    return StatusUpdate(
+        "error", f"superseded: the PR head is now {head_sha}; this commit was not built", "cancelled"
+    )

@@ -1,6 +1,8 @@
 """Commit statuses on the PR's head SHA: a status update never makes a build fail.
 
-Every terminal outcome posts a state other than ``pending`` so a required check never hangs.
+Every terminal outcome posts a state other than ``pending`` so a required check never hangs, and a status is
+always posted: a flow-run URL that is not http(s) (a temporary Prefect server of ``previews build`` has none)
+is left out rather than have GitHub refuse the whole status.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from previews.errors import PreviewsError
 from previews.github.client import GitHubClient
 
 
+def usable_link(url: str) -> bool:
+    """True for an absolute http(s) URL with a host: what GitHub accepts as a status ``target_url``."""
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and bool(rest.split("/", 1)[0])
+
+
 @dataclass
 class StatusReporter:
     """Posts commit statuses for one PR; without GitHub credentials it only logs what it would say."""
@@ -26,6 +34,11 @@ class StatusReporter:
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     sha: str | None = None
     last: StatusUpdate | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_url is not None and not usable_link(self.target_url):
+            self.logger.info("commit statuses go without a link: %r is not an http(s) URL", self.target_url)
+            self.target_url = None
 
     def use_sha(self, sha: str) -> None:
         """Post on ``sha`` from now on (a full SHA, e.g. once a short one was resolved)."""

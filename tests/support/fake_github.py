@@ -46,6 +46,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 import uvicorn
@@ -272,6 +273,23 @@ class FakeGitHub:
         with self._lock:
             self._pulls[(repository.lower(), number)]["head"]["sha"] = head_sha
 
+    def close_pull(self, repository: str, number: int, *, merged: bool = False) -> None:
+        """The PR closes (``merged`` or not)."""
+        with self._lock:
+            pull = self._pulls[(repository.lower(), number)]
+            pull.update(state="closed", merged=merged, closed_at="2026-01-02T00:00:00Z")
+            pull["merged_at"] = "2026-01-02T00:00:00Z" if merged else None
+
+    def add_status(
+        self, repository: str, sha: str, *, state: str, context: str, updated_at: dt.datetime
+    ) -> None:
+        """A status posted earlier (at ``updated_at``), as if by a run that is gone now."""
+        status = copy.deepcopy(_fixture("examples/status.json"))
+        stamp = updated_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status.update(id=next(self._ids), state=state, context=context, created_at=stamp, updated_at=stamp)
+        with self._lock:
+            self._statuses.setdefault((repository.lower(), sha), []).append(status)
+
     def statuses(self, repository: str, sha: str) -> list[dict[str, Any]]:
         """Every status posted for ``sha``, oldest first."""
         with self._lock:
@@ -458,6 +476,10 @@ class FakeGitHub:
             return self._create_status(m.group(1), m.group(2), record.json)
         if method == "GET" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/commits/([^/]+)/status", path)):
             return self._combined_status(m.group(1), m.group(2))
+        if method == "DELETE" and (
+            m := re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/labels/([^/]+)", path)
+        ):
+            return self._remove_label(m.group(1), int(m.group(2)), unquote(m.group(3)))
         if method == "POST" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/dispatches", path)):
             return self._dispatch(m.group(1), record.json, raw)
         if m := re.fullmatch(r"/repos/([^/]+/[^/]+)/check-runs(?:/(\d+))?", path):
@@ -470,6 +492,25 @@ class FakeGitHub:
         if method == "GET" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/commits/([^/]+)/check-runs", path)):
             return self._list_check_runs(m.group(1), m.group(2), record.query)
         return self._error(404, "Not Found")
+
+    def _remove_label(self, repository: str, number: int, name: str) -> Response:
+        """``DELETE /repos/{o}/{r}/issues/{n}/labels/{name}``: 200 with the labels left, 404 "Label does not
+        exist" when the issue does not carry it (GitHub's documented answers)."""
+        with self._lock:
+            pull = self._pulls.get((repository.lower(), number))
+            labels = pull["labels"] if pull else []
+            kept = [label for label in labels if label["name"].lower() != name.lower()]
+            if pull is None or len(kept) == len(labels):
+                found = None
+            else:
+                pull["labels"] = kept
+                found = kept
+        return self._error(404, "Label does not exist") if found is None else self._json(200, found)
+
+    def labels(self, repository: str, number: int) -> list[str]:
+        """The names of the labels on a pull request now."""
+        with self._lock:
+            return [label["name"] for label in self._pulls[(repository.lower(), number)]["labels"]]
 
     def _access_token(self, installation: int, auth: str) -> Response:
         app = self._app
