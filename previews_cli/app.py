@@ -107,10 +107,12 @@ def _build(args: argparse.Namespace) -> int:
     args.template = lambda: (
         _build_template() | {"repository": repository, "pr_number": number, "head_sha": sha}
     )
-    common.require_prefect(settings)
     from previews.local.prefect_api import one_shot_api
 
+    # First, before anything imports Prefect (its settings are fixed at import): the API this run uses.
     with one_shot_api() as api:  # a temporary server boots while the flow and Prefect are imported
+        if api.process is None:  # one we did not start ourselves must answer
+            common.require_prefect(settings)
         return _run_build(args, settings, (repository, number, sha), api.ready)
 
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -40,6 +41,22 @@ def answers(api_url: str, *, timeout: float = 0.5) -> bool:
         return False
 
 
+def configured_api_url(environ: Mapping[str, str]) -> str | None:
+    """``PREFECT_API_URL`` from the environment, else from the active Prefect profile (read without importing
+    Prefect: once imported, Prefect's settings are fixed, so this runs first)."""
+    if environ.get("PREFECT_API_URL"):
+        return environ["PREFECT_API_URL"]
+    home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = environ.get("PREFECT_PROFILE") or profiles.get("active")
+    value = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") if active else None
+    return str(value) if value else None
+
+
 def running_stack_api(environ: Mapping[str, str]) -> str | None:
     """The API URL of a running ``previews up`` (its state directory's note), when it answers."""
     state_dir = Path(environ.get("PREVIEWS_STATE_DIR") or DEFAULT_STATE_DIR)
@@ -49,7 +66,8 @@ def running_stack_api(environ: Mapping[str, str]) -> str | None:
         return None
     if not api_url.startswith(("http://127.0.0.1:", "http://localhost:")):
         return None  # only a local stack's own server: never send runs to an address a file names
-    return api_url if answers(api_url) else None
+    # A refused connection answers at once; a loaded machine's server can take seconds to say it is healthy.
+    return api_url if answers(api_url, timeout=5.0) else None
 
 
 @contextmanager
@@ -149,8 +167,9 @@ def one_shot_api(environ: MutableMapping[str, str] = os.environ) -> Iterator[One
     ``PREFECT_API_URL`` when set; else a running ``previews up`` server; else a temporary server, started here
     at once and stopped on exit: call :meth:`OneShotApi.ready` before the first API call.
     """
-    if environ.get("PREFECT_API_URL"):
-        yield OneShotApi(f"the Prefect API at {environ['PREFECT_API_URL']}")
+    configured = configured_api_url(environ)
+    if configured is not None:
+        yield OneShotApi(f"the Prefect API at {configured}")
         return
     stack_api = running_stack_api(environ)
     if stack_api is not None:
