@@ -12,7 +12,9 @@ trigger, ``PREFECT_RUNNER_POLL_FREQUENCY=1``) and receiver, then measures:
 4. cleanup planner time for ``--versions`` image versions (bench/cleanup.py);
 5. peak RSS of the receiver, the flow runner, one flow run (its subprocess) and ``previews build``;
 6. BuildKit against the classic builder (warm one-line rebuild), and one-line rebuilds on cold, private
-   engines with and without the registry cache (bench/buildkit.py; the private engines need root).
+   engines with and without the registry cache (bench/buildkit.py; the private engines need root);
+7. with ``--burst``: a burst of pushes on SQLite/one server/one worker and on the production-shaped stack
+   (bench/burst.py; several minutes per shape, so off by default).
 """
 
 from __future__ import annotations
@@ -177,6 +179,11 @@ def main() -> int:
         default=3,
         help="warm rebuilds per builder (0: skip bench/buildkit.py)",
     )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="also run bench/burst.py (SQLite vs the production-shaped stack; slow, off by default)",
+    )
     args = parser.parse_args()
 
     client = docker.from_env(timeout=300)
@@ -300,6 +307,9 @@ def main() -> int:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     for note in notes:
         print(note)
+    if args.burst:
+        print("burst (bench/burst.py):", flush=True)
+        return subprocess.run([sys.executable, str(HERE / "burst.py")], check=False).returncode
     return 0
 
 

@@ -308,7 +308,7 @@ def _start_servers(stack: local.Stack, env: Mapping[str, str], ports: tuple[int,
         time.sleep(0.3)
 
 
-def _prepare_pool(api: str, env: Mapping[str, str], *, limit: int) -> None:
+def prepare_pool(api: str, env: Mapping[str, str], *, limit: int) -> None:
     """The Docker pool with its concurrency limit, the block types, and ``prefect deploy --all``."""
     if httpx.get(f"{api}/work_pools/{POOL}", timeout=10).status_code == 404:
         _prefect(["work-pool", "create", POOL, "--type", "docker"], env)
@@ -350,7 +350,7 @@ def retry_crashed_automation(deployment_id: str) -> dict[str, Any]:
     }
 
 
-def _install_retry_automation(api: str) -> None:
+def install_retry_automation(api: str) -> None:
     deployment = httpx.get(f"{api}/deployments/name/preview-image/preview-image", timeout=10)
     deployment.raise_for_status()
     existing = httpx.post(
@@ -362,7 +362,7 @@ def _install_retry_automation(api: str) -> None:
     httpx.post(f"{api}/automations/", json=body, timeout=10).raise_for_status()
 
 
-def _start_workers(stack: local.Stack, root: Path, api: str, count: int) -> tuple[str, ...]:
+def start_workers(stack: local.Stack, root: Path, api: str, count: int) -> tuple[str, ...]:
     """``count`` Docker workers on the pool, polling every 2 s, without the servers' settings."""
     names = []
     for index in range(1, count + 1):
@@ -419,12 +419,12 @@ def run_production(
         _start_haproxy(stack, root, ports.api, ports.servers)
         progress("Deploying prefect.yaml to the Docker pool (builds the runner image when it changed) ...")
         client = client_environment(root, api, "deploy")
-        _prepare_pool(api, client, limit=pool_limit)
-        _install_retry_automation(api)
+        prepare_pool(api, client, limit=pool_limit)
+        install_retry_automation(api)
         progress(
             f"Starting {workers} Docker workers and the webhook receiver on 127.0.0.1:{ports.receiver} ..."
         )
-        names = _start_workers(stack, root, api, workers)
+        names = start_workers(stack, root, api, workers)
         outbox = root / "outbox.sqlite3"
         renv = {
             **client_environment(root, api, "receiver"),
