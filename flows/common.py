@@ -119,13 +119,17 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.durations: dict[str, float] = {}
+        self.failed: str | None = None
 
     @contextmanager
     def __call__(self, step: str) -> Iterator[None]:
-        """Time ``step`` whether it succeeds or not."""
+        """Time ``step`` whether it succeeds or not; remember it as ``failed`` when it raises."""
         start = time.monotonic()
         try:
             yield
+        except BaseException:
+            self.failed = step
+            raise
         finally:
             self.durations[step] = round(time.monotonic() - start, 3)
 

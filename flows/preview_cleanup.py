@@ -1,13 +1,16 @@
 """The ``preview-cleanup`` flow: delete stale ``pr-<N>-<sha>`` tags without breaking any image still in use.
 
-Tasks: list-versions -> read-pr-states -> in-flight-builds -> plan-cleanup -> apply-cleanup (skipped on a dry
-run). Every decision and its reason goes into a table artifact; each deletion emits ``previews.cleanup.deleted``.
+Tasks: list-versions -> read-image-source -> read-pr-states -> in-flight-builds -> plan-cleanup ->
+apply-cleanup (skipped on a dry run). The repository whose PR states decide is ``PREVIEWS_CLEANUP_REPOSITORY``,
+else the images' ``org.opencontainers.image.source`` label, else the ghcr.io image name; the result says which
+decided and how many PR states stayed unknown. In-flight builds are matched to tags by SHA prefix. Every decision and its reason goes into a table artifact; each deletion emits ``previews.cleanup.deleted``.
 The executor paces and retries each deletion itself (one rate-limited request at a time, honouring
 ``retry_after``), so apply-cleanup is the one task that Prefect does not retry.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +23,7 @@ from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict
 
 from flows.common import retry_transient_only, retrying, wired_flow
-from previews.core.names import parse_repository
+from previews.core.cleanup_scope import RepositoryChoice, choose_repository, in_flight_tags
 from previews.core.retention import (
     ImageVersion,
     Plan,
@@ -31,9 +34,10 @@ from previews.core.retention import (
     pr_status,
 )
 from previews.core.tags import parse_pr_tag
-from previews.errors import GitHubError, TransientError
+from previews.errors import GitHubError, PreviewsError, TransientError
 from previews.github.client import GitHubClient
 from previews.registry import ActionOutcome, ApplyReport, CleanupTarget, apply_plan
+from previews.registry.oci import OciRegistry
 from previews.runs import PrefectRuns
 from previews.wiring import Wiring
 
@@ -53,6 +57,9 @@ class CleanupResult(BaseModel):
     failed: int
     counts: dict[str, int]
     failures: list[str]
+    repository: str | None = None
+    repository_decided_by: str = ""
+    unknown_pr_states: int = 0
 
     @property
     def summary(self) -> str:
@@ -70,6 +77,12 @@ def list_versions(target: CleanupTarget) -> list[ImageVersion]:
     return versions
 
 
+@task(name="read-image-source", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def read_image_source(registry: OciRegistry, image: str, tag: str) -> dict[str, str]:
+    """The labels of the newest ``pr-*`` image: its ``org.opencontainers.image.source`` names its repository."""
+    return registry.manifest_labels(image, tag)
+
+
 @task(name="read-pr-states", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
 def read_pr_states(github: GitHubClient, repository: str, numbers: list[int]) -> dict[int, PrStatus]:
     """Each PR's state, read once per run; a PR GitHub refuses to show is unknown (only the TTL applies)."""
@@ -85,9 +98,9 @@ def read_pr_states(github: GitHubClient, repository: str, numbers: list[int]) ->
 
 
 @task(name="in-flight-builds", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def in_flight_builds(runs: PrefectRuns, sha_length: int) -> list[tuple[int, str]]:
-    """``(pr, sha prefix)`` of every preview-image run in flight; their tags are never deleted."""
-    found = {(r.pr_number, r.head_sha[:sha_length]) for r in runs.in_flight(flow_name=PREVIEW_IMAGE_FLOW)}
+def in_flight_builds(runs: PrefectRuns) -> list[tuple[int, str]]:
+    """``(pr, head sha)`` of every preview-image run in flight (the SHA as given, maybe short)."""
+    found = {(r.pr_number, r.head_sha.lower()) for r in runs.in_flight(flow_name=PREVIEW_IMAGE_FLOW)}
     get_run_logger().info("%d builds in flight", len(found))
     return sorted(found)
 
@@ -172,15 +185,45 @@ def _table(plan: Plan, report: ApplyReport | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _pr_states(wiring: Wiring, numbers: list[int]) -> dict[int, PrStatus]:
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What decided the plan beside the listing: the repository choice and the PR states it gave."""
+
+    choice: RepositoryChoice
+    states: dict[int, PrStatus]
+    unknown: int
+
+
+def _repository(wiring: Wiring, image: str, versions: list[ImageVersion]) -> RepositoryChoice:
+    """``PREVIEWS_CLEANUP_REPOSITORY``, else the newest ``pr-*`` image's source label, else the ghcr.io name."""
+    settings, labels = wiring.settings, {}
+    oldest = datetime.min.replace(tzinfo=UTC)
+    pr_tags = [(v.created or oldest, t) for v in versions for t in v.tags if parse_pr_tag(t) is not None]
+    newest = max(pr_tags)[1] if pr_tags else None
+    if not settings.cleanup_repository and newest is not None:
+        try:
+            with wiring.registry() as registry:
+                labels = retrying(read_image_source, settings)(registry, image, newest)
+        except PreviewsError as exc:
+            get_run_logger().warning("could not read the labels of %s: %s", newest, exc)
+    choice = choose_repository(
+        settings.cleanup_repository,
+        labels=labels,
+        labelled_tag=newest,
+        registry=settings.registry,
+        image=image,
+    )
+    get_run_logger().info("PR states from %s (%s)", choice.repository, choice.decided_by)
+    return choice
+
+
+def _pr_states(wiring: Wiring, repo: str | None, numbers: list[int]) -> dict[int, PrStatus]:
     """The PR states GitHub gives; none when the repository or credentials are missing or GitHub is down."""
     logger = get_run_logger()
-    repository = wiring.settings.cleanup_repository
-    github = wiring.github() if repository else None
-    if github is None or repository is None:
+    github = wiring.github() if repo else None
+    if github is None or repo is None:
         logger.warning("no GitHub repository or credentials for PR states: only the TTL applies")
         return {}
-    repo = parse_repository(repository, field="PREVIEWS_CLEANUP_REPOSITORY")
     with github:
         try:
             return retrying(read_pr_states, wiring.settings)(github, repo, numbers)
@@ -189,18 +232,23 @@ def _pr_states(wiring: Wiring, numbers: list[int]) -> dict[int, PrStatus]:
             return {}
 
 
-def _plan(wiring: Wiring, target: CleanupTarget) -> Plan:
+def _plan(wiring: Wiring, target: CleanupTarget, image: str) -> tuple[Plan, _Scope]:
     """List the image, read the PR states and the builds in flight, and plan the removals."""
     settings = wiring.settings
     versions = retrying(list_versions, settings)(target)
-    numbers = [p.pr_number for v in versions for t in v.tags if (p := parse_pr_tag(t)) is not None]
-    states = _pr_states(wiring, numbers)
+    numbers = {p.pr_number for v in versions for t in v.tags if (p := parse_pr_tag(t)) is not None}
+    choice = _repository(wiring, image, versions)
+    states = _pr_states(wiring, choice.repository, sorted(numbers))
     with wiring.prefect_runs() as runs:
-        in_flight = retrying(in_flight_builds, settings)(runs, settings.tag_sha_length)
-    return plan_cleanup(versions, states, in_flight, target, wiring.retention_rules())
+        builds = retrying(in_flight_builds, settings)(runs)
+    in_flight = in_flight_tags((t for v in versions for t in v.tags), builds)
+    plan = plan_cleanup(versions, states, in_flight, target, wiring.retention_rules())
+    return plan, _Scope(choice, states, len(numbers - set(states)))
 
 
-def _report(image: str, dry_run: bool, plan: Plan, report: ApplyReport | None) -> CleanupResult:
+def _report(
+    image: str, dry_run: bool, plan: Plan, scope: _Scope, report: ApplyReport | None
+) -> CleanupResult:
     """The run's result, its table artifact and its summary artifact."""
     failures = [f"{', '.join(o.action.tags)}: {o.detail}" for o in (report.failed if report else ())]
     result = CleanupResult(
@@ -212,12 +260,17 @@ def _report(image: str, dry_run: bool, plan: Plan, report: ApplyReport | None) -
         failed=len(failures),
         counts=dict(plan.counts),
         failures=failures,
+        repository=scope.choice.repository,
+        repository_decided_by=scope.choice.decided_by,
+        unknown_pr_states=scope.unknown,
     )
     create_table_artifact(key="preview-cleanup", table=_table(plan, report), description=result.summary)
     counts = "\n".join(f"| {reason} | {count} |" for reason, count in plan.counts.items())
     create_markdown_artifact(
         key="preview-cleanup-summary",
         markdown=f"## Preview cleanup{' (dry run)' if dry_run else ''}: {image}\n\n{result.summary}\n\n"
+        f"PR states from {result.repository or 'no repository'} ({result.repository_decided_by}); "
+        f"{result.unknown_pr_states} unknown\n\n"
         f"| decision: reason | tags |\n|---|---|\n{counts}\n",
         description=result.summary,
     )
@@ -230,7 +283,7 @@ def preview_cleanup(dry_run: bool = True, *, wiring: Wiring) -> State[CleanupRes
     settings, image = wiring.settings, wiring.cleanup_image()
     target = wiring.cleanup_target()
     try:
-        plan = _plan(wiring, target)
+        plan, scope = _plan(wiring, target, image)
         report = None
         if not dry_run:
             report = apply_cleanup(
@@ -238,5 +291,5 @@ def preview_cleanup(dry_run: bool = True, *, wiring: Wiring) -> State[CleanupRes
             )
     finally:
         target.close()
-    result = _report(image, dry_run, plan, report)
+    result = _report(image, dry_run, plan, scope, report)
     return Completed(message=result.summary, data=result)

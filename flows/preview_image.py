@@ -1,14 +1,20 @@
 """The ``preview-image`` flow: one pull request at one commit becomes ``pr-<N>-<sha>`` in the registry.
 
-Tasks, each one adapter call and each visible in the Prefect UI: validate -> supersede -> read-pull-request
+Tasks, each one adapter call and each visible in the Prefect UI: validate -> read-pull-request -> supersede
 -> checkout -> changed-files -> check-published -> warm-cache -> build -> check-superseded -> push ->
 notify-infra. Every decision is made in :mod:`previews.core.plan`; this module carries the values between the
-tasks, posts the commit statuses and writes the summary. Only transient failures are retried; invalid input
-fails at validate and touches nothing.
+tasks, reports through :class:`~previews.github.reporting.Reporter` (commit statuses and/or check runs) and
+writes the summary. Only transient failures are retried; invalid input fails at validate and touches nothing.
+
+Stale events: a run started by an event (``delivery`` set: a webhook, reconcile, a check re-run) for a commit
+that is no longer the PR's head on GitHub builds nothing and cancels nothing; it ends Cancelled, "superseded by
+<head>", like any superseded run, and says so in a commit status on its commit. A run without ``delivery`` (a
+UI rerun, ``previews build``) builds the commit it names, as asked, but never cancels the head's build.
 
 Cancel-in-progress: ``supersede`` cancels older in-flight runs of the same PR at another SHA, skips this run
-when an older run already builds the same SHA, and stops it when a newer run exists; ``check-superseded``
-asks again right before the push. An image already published for the SHA with the same build settings is
+when an older run already builds the same SHA, and stops it when a newer run exists; the PR's real head, when
+GitHub can be asked, outranks creation time (a late run for an old commit never cancels the head's build).
+``check-superseded`` asks again (with the head read again) right before the push. An image already published for the SHA with the same build settings is
 reused (``force_rebuild`` overrides).
 """
 
@@ -18,7 +24,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -35,26 +41,29 @@ from pydantic import SecretStr
 
 from flows.common import Stopwatch, WiredFlow, log_notify, retry_transient_only, retrying, wired_flow
 from previews import build_cache, git
-from previews.core import plan, status
+from previews.core import checks, plan, status
 from previews.core.fingerprint import is_published
-from previews.core.names import parse_pr_number, parse_sha
+from previews.core.names import FULL_SHA_RE, parse_pr_number, parse_sha
 from previews.core.outcome import NotifyResult, PreviewResult, summary_markdown
 from previews.core.plan import BuildConfig, BuildSpec, PreviewParams, Skip, Subject
 from previews.core.request import BuildRequest
 from previews.core.status import StatusUpdate
-from previews.core.supersede import SupersedeDecision, run_tags, stale_after
+from previews.core.supersede import SupersedeDecision, run_tags, stale_after, superseded_message
 from previews.docker_engine import BuiltImage, DockerEngine, PushedImage, RegistryLogin
 from previews.errors import PreviewsError, RegistryNotFoundError, ValidationError
 from previews.github import infra
+from previews.github.checks import complete_open_check_runs
 from previews.github.client import GitHubClient, PullRequestInfo
-from previews.github.statuses import StatusReporter
+from previews.github.reporting import Reporter
 from previews.registry.oci import OciRegistry
-from previews.runs import PrefectRuns, Supersession, flow_run_url
+from previews.runs import CancelledRun, PrefectRuns, Supersession, flow_run_url
 from previews.settings import Settings
 from previews.wiring import Wiring
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# How long a run waits, at its end, for the runs it moved to Cancelling to end (the runner's kill grace is 30 s).
+NAME_SUPERSEDED_TIMEOUT_S = 60.0
 
 
 def run_name() -> str:
@@ -82,6 +91,7 @@ def validate(
     labels: object,
     delivery: object,
     force_rebuild: object,
+    action: object,
 ) -> PreviewParams:
     """Check every parameter (:func:`previews.core.plan.validate_params`); a bad one fails the run at once."""
     return plan.validate_params(
@@ -94,15 +104,18 @@ def validate(
         labels=labels,
         delivery=delivery,
         force_rebuild=force_rebuild,
+        action=action,
     )
 
 
 @task(name="supersede", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def supersede(runs: PrefectRuns, run_id: str, request: BuildRequest, stale: timedelta) -> Supersession:
+def supersede(
+    runs: PrefectRuns, run_id: str, request: BuildRequest, stale: timedelta, head: str | None
+) -> Supersession:
     """Tag this run; cancel older runs of the PR at other SHAs; say whether this run is a duplicate or late."""
     logger = get_run_logger()
     done = runs.supersede(
-        UUID(run_id), stale_after=stale, tags=run_tags(request.repository, request.pr_number)
+        UUID(run_id), stale_after=stale, tags=run_tags(request.repository, request.pr_number), head=head
     )
     for old in done.cancelled:
         logger.info(
@@ -118,9 +131,24 @@ def supersede(runs: PrefectRuns, run_id: str, request: BuildRequest, stale: time
 
 
 @task(name="check-superseded", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
-def check_superseded(runs: PrefectRuns, run_id: str, stale: timedelta) -> SupersedeDecision:
+def check_superseded(runs: PrefectRuns, run_id: str, stale: timedelta, head: str | None) -> SupersedeDecision:
     """Right before the push: has a newer run of the PR started, or was this run cancelled meanwhile?"""
-    return runs.supersede(UUID(run_id), stale_after=stale, apply=False).decision
+    return runs.supersede(UUID(run_id), stale_after=stale, apply=False, head=head).decision
+
+
+@task(name="name-superseded", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def name_superseded(runs: PrefectRuns, cancelled: list[CancelledRun], timeout: float) -> int:
+    """Make each run this one cancelled end as "superseded by <sha>", not with Prefect's generic message."""
+    renamed = runs.name_final_states(cancelled, timeout=timeout)
+    for old in renamed:
+        get_run_logger().info("run %s (%s) ended Cancelled: %s", old.run.name, old.run.id, old.message)
+    return len(renamed)
+
+
+@task(name="revoke-approval", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
+def revoke_approval(github: GitHubClient, request: BuildRequest, label: str) -> bool:
+    """Remove the fork-approval label from the PR (a new push needs a new review); False if it was gone."""
+    return github.remove_label(request.repository, request.pr_number, label)
 
 
 @task(name="read-pull-request", cache_policy=NO_CACHE, retry_condition_fn=retry_transient_only)
@@ -282,9 +310,10 @@ class _Run:
     config: BuildConfig
     wiring: Wiring
     github: GitHubClient | None
-    reporter: StatusReporter
+    reporter: Reporter
     clock: Stopwatch
     run_id: str | None
+    cancelled: list[CancelledRun] = field(default_factory=list)
 
     @property
     def request(self) -> BuildRequest:
@@ -326,12 +355,39 @@ def remove_run_workspace(flow: Flow[..., object], flow_run: FlowRun, state: Stat
         logging.getLogger(__name__).warning("could not remove the workspace of run %s", flow_run.id)
 
 
+def close_run_check(flow: Flow[..., object], flow_run: FlowRun, state: State) -> None:
+    """State hook (cancelled, crashed): complete the run's open check run so a required check never hangs."""
+    try:
+        assert isinstance(flow, WiredFlow)
+        wiring = flow.source()
+        params, settings = flow_run.parameters, wiring.settings
+        sha, repository = params.get("head_sha"), params.get("repository")
+        if not wiring.report_mode().checks or not isinstance(sha, str) or not isinstance(repository, str):
+            return
+        github = wiring.github()
+        if github is None or not FULL_SHA_RE.fullmatch(sha):
+            return
+        url = f"{settings.ui_url.rstrip('/')}/runs/flow-run/{flow_run.id}" if settings.ui_url else None
+        with github:
+            complete_open_check_runs(
+                github,
+                repository,
+                sha,
+                name=settings.check_name,
+                update=checks.run_ended(state.type.value),
+                external_id=str(flow_run.id),
+                run_url=url,
+            )
+    except Exception:  # a hook must not mask the run's own outcome
+        logging.getLogger(__name__).warning("could not complete the check run of run %s", flow_run.id)
+
+
 @wired_flow(
     name="preview-image",
     flow_run_name=run_name,
     validate_parameters=False,
-    on_cancellation=[remove_run_workspace],
-    on_crashed=[remove_run_workspace],
+    on_cancellation=[remove_run_workspace, close_run_check],
+    on_crashed=[remove_run_workspace, close_run_check],
 )
 def preview_image(
     repository: str,
@@ -342,6 +398,7 @@ def preview_image(
     labels: list[str] | None = None,
     delivery: str | None = None,
     force_rebuild: bool = False,
+    action: str | None = None,
     *,
     wiring: Wiring,
 ) -> State:
@@ -349,14 +406,14 @@ def preview_image(
 
     Only ``repository``, ``pr_number`` and ``head_sha`` are needed (a 7-39 character prefix of the PR's
     head works): the rest is read from GitHub when credentials are configured, and checked against it.
-    ``fork`` and ``labels`` come from the event; ``force_rebuild`` builds even when the registry already
-    has this SHA built the same way.
+    ``fork``, ``labels`` and ``action`` (the pull_request action) come from the event; ``force_rebuild``
+    builds even when the registry already has this SHA built the same way.
     """
     clock = Stopwatch()
     with clock("validate"):
         config = wiring.settings.build_config()
         params = validate(
-            config, repository, pr_number, head_sha, base_sha, fork, labels, delivery, force_rebuild
+            config, repository, pr_number, head_sha, base_sha, fork, labels, delivery, force_rebuild, action
         )
     with _opened(wiring, params, clock) as run:
         return _reported(run)
@@ -371,36 +428,57 @@ def _opened(wiring: Wiring, params: PreviewParams, clock: Stopwatch) -> Iterator
         if github is not None:
             stack.enter_context(github)
         url = flow_run_url(settings.ui_url)
-        reporter = StatusReporter(
-            github, params.request.repository, settings.status_context, url, get_run_logger()
+        run_id = str(flow_run.id) if flow_run.id else None
+        reporter = wiring.reporter(
+            github, params.request.repository, run_url=url, run_id=run_id, logger=get_run_logger()
         )
         reporter.use_sha(params.request.head_sha)
-        run_id = str(flow_run.id) if flow_run.id else None
         yield _Run(params, settings, settings.build_config(), wiring, github, reporter, clock, run_id)
 
 
 def _reported(run: _Run) -> State:
     """Run the steps; a failure posts its commit status, then propagates (a cancellation posts none)."""
     try:
-        return _preview(run)
+        state = _preview(run)
     except TerminationSignal:
         raise  # cancelled (the superseding run posts the status) or killed: nothing more to say here
     except BaseException as exc:
-        run.reporter.post(plan.failure_status(exc))
+        failure = checks.failed_step(run.clock.failed, exc)
+        detail = checks.RunDetail(failure=failure, durations_s=run.clock.durations)
+        run.reporter.post(plan.failure_status(exc), detail)
+        _name_superseded(run)
         raise
+    _name_superseded(run)
+    return state
+
+
+def _name_superseded(run: _Run) -> None:
+    """Give the runs this one moved to Cancelling a final state that names this run's SHA; never raises."""
+    if not any(c.proposed == "Cancelling" for c in run.cancelled):
+        return
+    try:
+        with run.wiring.prefect_runs() as runs:
+            name_superseded(runs, run.cancelled, NAME_SUPERSEDED_TIMEOUT_S)
+    except PreviewsError as exc:
+        get_run_logger().warning("could not name the final state of the superseded runs: %s", exc)
 
 
 def _preview(run: _Run) -> State:
-    """Supersede, reconcile with GitHub, skip if the plan says so, else build (or reuse) and publish."""
+    """Read the PR, end a stale event's run, supersede, skip if the plan says so, else build and publish."""
+    pull = _pull(run)
+    newer_head = plan.stale_event(run.params, pull)
+    if newer_head is not None:
+        return _stale_event(run, newer_head)
     if run.run_id is not None:
-        ended = _supersede(run, run.run_id)
+        ended = _supersede(run, run.run_id, pull.head_sha if pull is not None else None)
         if ended is not None:
             return ended
     secrets = run.wiring.build_secrets()  # a secret without a value fails here, before any work
-    subject = _subject(run)
-    skip = plan.skip_before_checkout(subject, run.config)
+    subject = _subject(run, pull)
+    skip = plan.skip_before_checkout(subject, run.config, action=run.params.action)
     if skip is not None:
         get_run_logger().warning("%s", skip.reason)
+        _revoke_approval(run, skip.revoke)
         return _finish(run, plan.skipped(run.params, skip.reason), skip.status)
     given = plan.secrets_for(subject, secrets, run.config)
     if secrets and not given:
@@ -411,10 +489,39 @@ def _preview(run: _Run) -> State:
     return _build_and_publish(run, subject, given)
 
 
-def _supersede(run: _Run, run_id: str) -> State | None:
+def _pull(run: _Run) -> PullRequestInfo | None:
+    """The PR as GitHub has it now; None without GitHub credentials."""
+    if run.github is None:
+        return None
+    with run.clock("read-pull-request"):
+        return run.retrying(read_pull_request)(run.github, run.request)
+
+
+def _revoke_approval(run: _Run, label: str | None) -> None:
+    """Remove a fork's approval label after a new push (it approved an earlier commit); fails the run if
+    GitHub refuses, so that a label left on never passes for an approval of this commit."""
+    if label is None or run.github is None:
+        return
+    with run.clock("revoke-approval"):
+        removed = run.retrying(revoke_approval)(run.github, run.request, label)
+    get_run_logger().info("removed the '%s' label: %s", label, "done" if removed else "it was already gone")
+
+
+def _stale_event(run: _Run, head: str) -> State:
+    """End an event's run for a commit that is no longer the PR head: nothing built, nothing cancelled."""
+    reason = (
+        f"{superseded_message(head)}: this event's commit {run.request.head_sha} is no longer the PR head"
+    )
+    get_run_logger().warning("stopping: %s; nothing built, no other run cancelled", reason)
+    run.reporter.post(status.stale_event(head))
+    return Cancelled(message=reason)
+
+
+def _supersede(run: _Run, run_id: str, head: str | None) -> State | None:
     """Cancel older runs of the PR; end this run when it is a duplicate or already superseded."""
     with run.clock("supersede"), run.wiring.prefect_runs() as runs:
-        done = run.retrying(supersede)(runs, run_id, run.request, run.stale)
+        done = run.retrying(supersede)(runs, run_id, run.request, run.stale, head)
+    run.cancelled.extend(done.cancelled)
     for old in done.cancelled:
         run.reporter.post_elsewhere(
             old.run.repository, old.run.head_sha, status.superseded(run.request.head_sha)
@@ -434,12 +541,8 @@ def _superseded(run: _Run, decision: SupersedeDecision) -> State:
     return Cancelled(message=decision.reason)
 
 
-def _subject(run: _Run) -> Subject:
+def _subject(run: _Run, pull: PullRequestInfo | None) -> Subject:
     """The PR as GitHub has it now, reconciled with the event; then the ``pending`` status."""
-    pull: PullRequestInfo | None = None
-    if run.github is not None:
-        with run.clock("read-pull-request"):
-            pull = run.retrying(read_pull_request)(run.github, run.request)
     subject = plan.reconcile(run.params, pull)
     logger = get_run_logger()
     for note in subject.notes:
@@ -453,6 +556,7 @@ def _subject(run: _Run) -> Subject:
 def _build_and_publish(run: _Run, subject: Subject, secrets: dict[str, SecretStr]) -> State:
     """Check out the commit; skip a docs-only change; build (or reuse) the image; then publish it."""
     workspace = _fresh_workspace(run)
+    run.reporter.started()
     try:
         with run.clock("checkout"):
             checkout = run.retrying(checkout_source)(
@@ -546,11 +650,9 @@ def _publish(run: _Run, head_sha: str, image: _Image) -> State:
             "already published: %s@%s; nothing to build or push", pushed.reference, pushed.digest
         )
     else:
-        if run.run_id is not None:
-            with run.clock("check-superseded"), run.wiring.prefect_runs() as runs:
-                late = run.retrying(check_superseded)(runs, run.run_id, run.stale)
-            if late.verdict == "superseded":
-                return _superseded(run, late)
+        stopped = _stopped_late(run)
+        if stopped is not None:
+            return stopped
         with run.clock("push"):
             engine, protected, timeout = (
                 run.wiring.docker(),
@@ -575,11 +677,32 @@ def _publish(run: _Run, head_sha: str, image: _Image) -> State:
     return _finish(run, result, status.pushed(pushed.reference))
 
 
+def _stopped_late(run: _Run) -> State | None:
+    """Right before the push: end the run when a newer run of the PR took over meanwhile."""
+    if run.run_id is None:
+        return None
+    head = _current_head(run)
+    with run.clock("check-superseded"), run.wiring.prefect_runs() as runs:
+        late = run.retrying(check_superseded)(runs, run.run_id, run.stale, head)
+    return _superseded(run, late) if late.verdict == "superseded" else None
+
+
+def _current_head(run: _Run) -> str | None:
+    """The PR's head on GitHub now (it may have moved during the build); None when it cannot be read."""
+    if run.github is None:
+        return None
+    try:
+        return run.retrying(read_pull_request)(run.github, run.request).head_sha
+    except PreviewsError as exc:
+        get_run_logger().warning("could not read the PR head before the push (%s); run order decides", exc)
+        return None
+
+
 def _finish(run: _Run, result: PreviewResult, update: StatusUpdate | None = None) -> State:
     """Post the final commit status, write the summary artifact, end the run Completed with the outcome."""
-    if update is not None:
-        run.reporter.post(update)
     result = replace(result, durations_s=run.clock.durations, flow_run_id=run.run_id)
+    if update is not None:
+        run.reporter.post(update, checks.RunDetail(result=result))
     key = f"preview-pr-{result.pr_number}" if result.pr_number else "preview-invalid"
     create_markdown_artifact(markdown=summary_markdown(result), key=key, description=result.reason)
     return Completed(message=result.reason, data=result)

@@ -10,12 +10,12 @@ from prefect.deployments.runner import RunnerDeployment
 
 from flows.preview_image import preview_image
 from flows.preview_teardown import preview_teardown
-from flows.triggers import image_trigger, teardown_trigger
+from flows.triggers import image_trigger, rerun_trigger, teardown_trigger
 
 
 def main() -> None:
     """Register the deployments with their event triggers and run their flow runs locally."""
-    image = preview_image.to_deployment(name="preview-image", triggers=[image_trigger()])
+    image = preview_image.to_deployment(name="preview-image", triggers=[image_trigger(), rerun_trigger()])
     teardown = preview_teardown.to_deployment(name="preview-teardown", triggers=[teardown_trigger()])
     assert isinstance(image, RunnerDeployment)
     assert isinstance(teardown, RunnerDeployment)

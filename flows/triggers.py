@@ -22,6 +22,17 @@ IMAGE_PARAMETERS: dict[str, Any] = {
     "fork": "{{ event.payload.fork }}",
     "labels": "{{ event.payload.labels }}",
     "delivery": "{{ event.payload.delivery }}",
+    "action": "{{ event.payload.action }}",
+}
+# A check's "Re-run" button (previews/core/rerequest.py): the PR and SHA of the check; GitHub fills in the rest
+# when the run reads the pull request. ``force_rebuild`` is true when the re-requested check had not passed.
+RERUN_EVENTS = ("github.check_run.rerequested", "github.check_suite.rerequested")
+RERUN_PARAMETERS: dict[str, Any] = {
+    "repository": "{{ event.payload.repository }}",
+    "pr_number": "{{ event.payload.number }}",
+    "head_sha": "{{ event.payload.head_sha }}",
+    "delivery": "{{ event.payload.delivery }}",
+    "force_rebuild": "{{ event.payload.force_rebuild }}",
 }
 TEARDOWN_PARAMETERS: dict[str, Any] = {
     "repository": "{{ event.payload.repository }}",
@@ -37,6 +48,16 @@ def image_trigger() -> DeploymentEventTrigger:
         expect={f"github.pull_request.{action}" for action in BUILD_ACTIONS},
         match=RESOURCE_MATCH,
         parameters=IMAGE_PARAMETERS,
+    )
+
+
+def rerun_trigger() -> DeploymentEventTrigger:
+    """Build again when a person presses "Re-run" on the pipeline's check (or its check suite)."""
+    return DeploymentEventTrigger(
+        name="preview-image-on-rerequest",
+        expect=set(RERUN_EVENTS),
+        match=RESOURCE_MATCH,
+        parameters=RERUN_PARAMETERS,
     )
 
 

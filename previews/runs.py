@@ -12,6 +12,7 @@ pure; this module reads and writes flow runs only. Prefect API failures become :
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class CancelledRun:
     proposed: str
     answer: str
     message: str
+    accepted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +114,9 @@ def _translated(what: str) -> Iterator[None]:
 class PrefectRuns:
     """Flow runs of this Prefect API, through one sync client (enter it before use, or call :meth:`close`)."""
 
-    def __init__(self, client: SyncPrefectClient) -> None:
+    def __init__(self, client: SyncPrefectClient, *, page_size: int = _PAGE) -> None:
         self._client = client
+        self._page = page_size
 
     def __enter__(self) -> Self:
         with _translated("connect"):
@@ -141,16 +144,25 @@ class PrefectRuns:
         while True:
             with _translated("read flow runs"):
                 page = self._client.read_flow_runs(
-                    flow_filter=flows, flow_run_filter=states, limit=_PAGE, offset=len(runs)
+                    flow_filter=flows, flow_run_filter=states, limit=self._page, offset=len(runs)
                 )
             runs.extend(page)
-            if len(page) < _PAGE:
+            if len(page) < self._page:
                 return runs
 
     def supersede(
-        self, run_id: UUID, *, stale_after: timedelta, tags: Sequence[str] = (), apply: bool = True
+        self,
+        run_id: UUID,
+        *,
+        stale_after: timedelta,
+        tags: Sequence[str] = (),
+        apply: bool = True,
+        head: str | None = None,
     ) -> Supersession:
         """Decide this run's fate; with ``apply``, tag it and cancel the older runs it supersedes.
+
+        ``head`` is the PR's head SHA on GitHub when known: it outranks creation time (a run at the head is
+        never cancelled or stopped by a run at another SHA).
 
         When this run is itself Cancelling or Cancelled (someone else superseded it meanwhile), the verdict is
         ``superseded`` with the state's message as the reason.
@@ -169,7 +181,7 @@ class PrefectRuns:
             for run in self._in_flight_runs(FlowFilter(id=FlowFilterId(any_=[me_run.flow_id])))
         }
         others = [ref for run in in_flight.values() if (ref := run_ref(run)) is not None]
-        decision = decide(me, others, now=datetime.now(UTC), stale_after=stale_after)
+        decision = decide(me, others, now=datetime.now(UTC), stale_after=stale_after, head=head)
         if not apply:
             return Supersession(decision)
         cancelled = tuple(self._cancel(c, in_flight[c.run.id]) for c in decision.cancel)
@@ -189,4 +201,33 @@ class PrefectRuns:
         with _translated("cancel flow run"):
             result: Any = self._client.set_flow_run_state(run.id, proposed(message=cancellation.message))
         answer = f"{state.name if state else '?'} -> {proposed.__name__} {result.status.value}"
-        return CancelledRun(cancellation.run, proposed.__name__, answer, cancellation.message)
+        accepted = result.status.value == "ACCEPT"
+        return CancelledRun(cancellation.run, proposed.__name__, answer, cancellation.message, accepted)
+
+    def name_final_states(self, cancelled: Sequence[CancelledRun], *, timeout: float) -> list[CancelledRun]:
+        """Wait (up to ``timeout`` seconds) for each run moved to Cancelling to end, then make its final
+        Cancelled state carry the superseding message.
+
+        Prefect's runner (and worker) ends a cancelled run with its generic "Flow run was cancelled
+        successfully.", so the newer SHA would survive only in the intermediate Cancelling state (issue 13,
+        item 11). Returns the runs whose final state was renamed.
+        """
+        waiting = {c.run.id: c for c in cancelled if c.proposed == "Cancelling" and c.accepted}
+        renamed: list[CancelledRun] = []
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for run_id, wanted in list(waiting.items()):
+                with _translated("read flow run"):
+                    state = self._client.read_flow_run(UUID(run_id)).state
+                if state is not None and state.is_final():
+                    del waiting[run_id]
+                    if state.type == StateType.CANCELLED and state.message != wanted.message:
+                        with _translated("name the final state of a superseded run"):
+                            self._client.set_flow_run_state(
+                                UUID(run_id), Cancelled(message=wanted.message), force=True
+                            )
+                        renamed.append(wanted)
+            if not waiting or time.monotonic() > deadline:
+                return renamed
+            time.sleep(0.5)
+        return renamed

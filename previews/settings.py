@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     fork_label: str = "safe-to-preview"
     status_context: str = "previews/image"
     ui_url: str | None = Field(default=None, description="Prefect UI base URL for status links")
+    github_report: str | None = Field(
+        default=None,
+        description="status, check or both; default both with a GitHub App, else status (core/checks.py)",
+    )
+    check_name: str = Field(default="preview-image", min_length=1, max_length=255)
 
     # Receiver
     webhook_secret: SecretStr | None = None

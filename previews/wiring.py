@@ -8,6 +8,7 @@ Prefect, Docker or git, and a flow run never loads the receiver.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from previews.core.buildkit import parse_build_secrets, resolve_build_secrets
+from previews.core.checks import ReportMode, report_mode
 from previews.core.names import parse_image_repository
 from previews.core.retention import Backend, RetentionRules
 from previews.errors import ValidationError
+from previews.redact import Redactor
 from previews.settings import Settings
 
 if TYPE_CHECKING:
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from previews.git import GitSource
     from previews.github.client import GitHubClient
     from previews.github.infra import InfraTarget, NoTarget
+    from previews.github.reporting import Reporter
     from previews.ingress.forwarder import Forwarder
     from previews.ingress.outbox import Outbox
     from previews.registry import CleanupTarget
@@ -75,6 +79,52 @@ class Wiring:
         if app is None and (token is None or not token.get_secret_value()):
             return None
         return GitHubClient(base_url=s.github_api_url, token=None if app else token, app=app)
+
+    def report_mode(self) -> ReportMode:
+        """``PREVIEWS_GITHUB_REPORT``, checked: check runs need a GitHub App (:func:`core.checks.report_mode`)."""
+        s = self.settings
+        has_app = bool(s.github_app_id and s.github_app_private_key and s.github_app_installation_id)
+        return report_mode(s.github_report, has_app=has_app)
+
+    def redactor(self) -> Redactor:
+        """A redactor that knows every secret of these settings (for text sent to GitHub)."""
+        s = self.settings
+        secrets = [
+            s.registry_token,
+            s.git_token,
+            s.siblings_git_token,
+            s.github_token,
+            s.github_app_private_key,
+            s.infra_webhook_secret,
+            s.webhook_secret,
+            s.prefect_api_key,
+            s.prefect_api_auth_string,
+            *s.build_secret_values.values(),
+        ]
+        return Redactor(secrets)
+
+    def reporter(
+        self,
+        github: GitHubClient | None,
+        repository: str,
+        *,
+        run_url: str | None,
+        run_id: str | None,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> Reporter:
+        """Where a run reports: commit statuses, check runs or both, per :meth:`report_mode`."""
+        from previews.github.checks import CheckReporter
+        from previews.github.reporting import Reporters
+        from previews.github.statuses import StatusReporter
+
+        mode, s = self.report_mode(), self.settings
+        members: list[Reporter] = []
+        if mode.statuses:
+            members.append(StatusReporter(github, repository, s.status_context, run_url, logger))
+        if mode.checks and github is not None:
+            redact = self.redactor()
+            members.append(CheckReporter(github, repository, s.check_name, run_url, run_id, logger, redact))
+        return members[0] if len(members) == 1 else Reporters(tuple(members))
 
     def infra_target(self, github: GitHubClient | None) -> InfraTarget | NoTarget:
         """The infra repository (needs GitHub credentials), else the infra webhook, else no target."""
@@ -246,6 +296,8 @@ class Wiring:
             body_read_timeout=s.body_read_timeout,
             max_concurrent_deliveries=s.max_concurrent_deliveries,
             health_headers=prefect_headers(s.prefect_api_key, s.prefect_api_auth_string),
+            check_app_id=s.github_app_id,
+            check_name=s.check_name,
         )
         outbox = self.outbox()
         forwarder = self.forwarder(outbox)

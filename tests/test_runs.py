@@ -87,3 +87,17 @@ def test_an_unreachable_api_is_a_transient_error() -> None:
     client = SyncPrefectClient("http://127.0.0.1:9/api", httpx_settings={"timeout": 2})
     with pytest.raises(TransientPrefectError), PrefectRuns(client) as adapter:
         adapter.in_flight(flow_name="runs-adapter-test")
+
+
+def test_in_flight_reads_every_page() -> None:
+    """Issue 13 item 9: more in-flight runs than one page holds are all found."""
+    repository = f"acme/paged-{uuid.uuid4().hex[:6]}"
+    started = [start(n, A, Scheduled(), repository=repository) for n in range(1, 8)]
+    try:
+        with PrefectRuns(get_client(sync_client=True), page_size=3) as paged:
+            found = [r for r in paged.in_flight(flow_name="runs-adapter-test") if r.repository == repository]
+        assert sorted(r.pr_number for r in found) == list(range(1, 8))
+    finally:
+        with get_client(sync_client=True) as client:
+            for run_id in started:
+                client.set_flow_run_state(run_id, Completed(), force=True)

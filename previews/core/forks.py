@@ -1,6 +1,9 @@
 """The fork policy: may the pipeline build a pull request whose head lives in another repository?
 
 A fork PR is untrusted code: its Dockerfile and build steps were written by someone outside the project.
+Under the ``label`` policy, approval covers one commit (issue 13, item 5): a new push from the fork
+(``synchronize``, or ``reopened`` with whatever was pushed meanwhile) removes the label before anything is built,
+and a maintainer adds it again once they have read the new commit.
 ``head.repo.full_name != base.repo.full_name`` makes a fork (``head.repo.fork`` is also true for forks of
 forks, so it is not used); a null ``head.repo`` (the fork was deleted) counts as a fork too.
 """
@@ -16,6 +19,8 @@ from previews.errors import ValidationError
 ForkPolicy = Literal["skip", "label", "allow"]
 FORK_POLICIES: tuple[str, ...] = get_args(ForkPolicy)
 DEFAULT_FORK_LABEL = "safe-to-preview"
+# pull_request actions that bring a commit the maintainer who added the label has not seen
+NEW_PUSH_ACTIONS = frozenset({"synchronize", "reopened"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +29,7 @@ class ForkDecision:
 
     build: bool
     reason: str
+    revoke: str | None = None
 
 
 def is_fork(head_repository: str | None, base_repository: str) -> bool:
@@ -49,8 +55,14 @@ def decide_fork(
     policy: ForkPolicy | str,
     labels: Sequence[str] = (),
     label_name: str = DEFAULT_FORK_LABEL,
+    *,
+    action: str | None = None,
 ) -> ForkDecision:
-    """Apply the fork policy. Labels compare case-insensitively, as GitHub's label names do."""
+    """Apply the fork policy. Labels compare case-insensitively, as GitHub's label names do.
+
+    ``action`` is the pull_request action that started the run (None for a UI rerun): under ``label``, a new
+    push refuses the build and names the label to remove (``revoke``, as GitHub spells it) when it is on.
+    """
     checked = parse_fork_policy(policy)
     label = label_name.strip()
     if not label or len(label) > 50:
@@ -60,7 +72,15 @@ def decide_fork(
     if checked == "allow":
         return ForkDecision(build=True, reason="fork pull request built: fork policy is 'allow'")
     if checked == "label":
-        if label.casefold() in {name.casefold() for name in labels}:
+        on = next((name for name in labels if name.casefold() == label.casefold()), None)
+        if action in NEW_PUSH_ACTIONS and on is not None:
+            return ForkDecision(
+                build=False,
+                reason=f"skipped: new push to a fork PR: approval needed again; a maintainer can add "
+                f"'{label}' after review",
+                revoke=on,
+            )
+        if on is not None:
             return ForkDecision(build=True, reason=f"fork pull request built: a maintainer added '{label}'")
         return ForkDecision(
             build=False,

@@ -8,7 +8,8 @@ between its tasks and decides nothing itself.
 The steps, in the order the flow asks them:
 
 1. :func:`validate_params`: every parameter, typed as the Prefect UI form or an event trigger may send it;
-2. :func:`reconcile`: the event against the pull request as GitHub has it now ("GitHub wins");
+2. :func:`stale_event`: an event for a commit that is no longer the PR head builds nothing;
+   :func:`reconcile`: the event against the pull request as GitHub has it now ("GitHub wins");
 3. :func:`skip_before_checkout`: fork policy, push credentials;
 4. :func:`skip_docs_only`: the changed paths against the ignore globs;
 5. :func:`tag_for`, :func:`fingerprint_of`, :func:`build_spec`: what to build and push;
@@ -17,6 +18,7 @@ The steps, in the order the flow asks them:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +38,7 @@ from previews.core.tags import ensure_pushable, pr_tag
 from previews.errors import BuildError, ValidationError
 
 S = TypeVar("S")
+_ACTION = re.compile(r"[a-z_]{1,40}")
 NO_PUSH_CREDENTIALS = (
     "skipped: no push credentials (set PREVIEWS_REGISTRY_USERNAME and PREVIEWS_REGISTRY_TOKEN)"
 )
@@ -76,6 +79,7 @@ class PreviewParams:
     labels: tuple[str, ...] | None = None
     delivery: str | None = None
     force_rebuild: bool = False
+    action: str | None = None
 
 
 class PullFacts(Protocol):
@@ -116,6 +120,7 @@ class Skip:
 
     reason: str
     status: StatusUpdate
+    revoke: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,7 @@ def validate_params(
     labels: object = None,
     delivery: object = None,
     force_rebuild: object = False,
+    action: object = None,
 ) -> PreviewParams:
     """Every flow parameter, checked in order; the first bad one raises :class:`ValidationError` naming it."""
     request = validate_request(
@@ -180,6 +186,8 @@ def validate_params(
         raise ValidationError("force_rebuild", f"must be true or false, got {type(force_rebuild).__name__}")
     if delivery is not None and not isinstance(delivery, str):
         raise ValidationError("delivery", f"must be a string, got {type(delivery).__name__}")
+    if action is not None and not (isinstance(action, str) and _ACTION.fullmatch(action)):
+        raise ValidationError("action", "must be a pull_request action name (lower-case letters and _)")
     return PreviewParams(
         request=request,
         base_sha=parse_sha(base_sha, field="base_sha", full=True) if base_sha else None,
@@ -187,6 +195,7 @@ def validate_params(
         labels=_labels(labels),
         delivery=delivery,
         force_rebuild=force_rebuild,
+        action=action,
     )
 
 
@@ -226,11 +235,27 @@ def reconcile(params: PreviewParams, pull: PullFacts | None) -> Subject:
     return Subject(base_sha=base, fork=fork, labels=labels, status_sha=status_sha, notes=tuple(notes))
 
 
-def skip_before_checkout(subject: Subject, config: BuildConfig) -> Skip | None:
-    """The fork policy, then the push credentials: a reason to build nothing, or None to go on."""
-    decision = decide_fork(subject.fork, config.fork_policy, subject.labels, config.fork_label)
+def stale_event(params: PreviewParams, pull: PullFacts | None) -> str | None:
+    """The PR's head when an event's run (``delivery`` set) names another commit: that run is superseded.
+
+    A run without ``delivery`` (a UI rerun, ``previews build``) builds the commit it names even when the PR
+    moved on: someone asked for that commit. Without GitHub (``pull`` None) the head is unknown.
+    """
+    if pull is None or not params.delivery:
+        return None
+    if pull.head_sha.lower().startswith(params.request.head_sha.lower()):
+        return None
+    return pull.head_sha
+
+
+def skip_before_checkout(subject: Subject, config: BuildConfig, *, action: str | None = None) -> Skip | None:
+    """The fork policy, then the push credentials: a reason to build nothing, or None to go on.
+
+    A fork's new push under the ``label`` policy skips and names the approval label to remove (``revoke``).
+    """
+    decision = decide_fork(subject.fork, config.fork_policy, subject.labels, config.fork_label, action=action)
     if not decision.build:
-        return Skip(decision.reason, status.skipped_fork(decision.reason))
+        return Skip(decision.reason, status.skipped_fork(decision.reason), revoke=decision.revoke)
     if not config.has_push_credentials:
         return Skip(NO_PUSH_CREDENTIALS, status.skipped_no_push_credentials())
     return None

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 StatusState = Literal["error", "failure", "pending", "success"]
+# The conclusion a check run reports for an outcome (GitHub's Checks API); None: derived from the state.
+CheckConclusion = Literal[
+    "success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required"
+]
 STATUS_STATES: tuple[str, ...] = ("error", "failure", "pending", "success")
 DEFAULT_CONTEXT = "previews/image"
 MAX_DESCRIPTION = 140
@@ -19,10 +23,15 @@ _ELLIPSIS = "..."
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
-    """One commit status to post: ``state`` and a description of at most 140 characters."""
+    """One commit status to post: ``state`` and a description of at most 140 characters.
+
+    ``conclusion`` is what a check run reports for the same outcome when the state alone does not say it
+    (a skip is ``success`` as a status, ``skipped`` or ``neutral`` as a check).
+    """
 
     state: StatusState
     description: str
+    conclusion: CheckConclusion | None = None
 
 
 def truncate(text: str, limit: int = MAX_DESCRIPTION) -> str:
@@ -58,17 +67,17 @@ def failed(reason: str, *, state: Literal["failure", "error"] = "failure") -> St
 
 def skipped_docs_only() -> StatusUpdate:
     """Every changed path matched the ignore globs: no image is needed."""
-    return StatusUpdate("success", "skipped: docs-only change")
+    return StatusUpdate("success", "skipped: docs-only change", "skipped")
 
 
 def skipped_no_push_credentials() -> StatusUpdate:
     """No registry credentials: the soft failure of the old workflow."""
-    return StatusUpdate("success", "skipped: no push credentials")
+    return StatusUpdate("success", "skipped: no push credentials", "neutral")
 
 
 def skipped_fork(reason: str) -> StatusUpdate:
     """The fork policy refused the build; ``reason`` says how to allow it (see ``forks.decide_fork``)."""
-    return StatusUpdate("success", truncate(reason))
+    return StatusUpdate("success", truncate(reason), "neutral")
 
 
 def superseded(newer_sha: str | None = None) -> StatusUpdate:
@@ -76,4 +85,11 @@ def superseded(newer_sha: str | None = None) -> StatusUpdate:
     text = "cancelled: superseded by a newer push"
     if newer_sha:
         text += f" ({newer_sha[:12]})"
-    return StatusUpdate("error", text)
+    return StatusUpdate("error", text, "cancelled")
+
+
+def stale_event(head_sha: str) -> StatusUpdate:
+    """An event for a commit that is no longer the PR's head: nothing was built for it; the head is named."""
+    return StatusUpdate(
+        "error", f"superseded: the PR head is now {head_sha}; this commit was not built", "cancelled"
+    )

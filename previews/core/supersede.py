@@ -9,6 +9,10 @@ same set of runs. Within a group:
   duplicate: it ends without building;
 - a newer in-flight run at another SHA makes this run superseded: it stops (it started late).
 
+When the PR's real head is known (``head``, read from GitHub), it outranks creation time (issue 13, item 4):
+a run at the head is never cancelled by, nor superseded by, a run at another SHA, however late that run was
+created (a replayed or late delivery for an old commit, a rerun of an old commit from the UI).
+
 A same-SHA run created longer ago than ``stale_after`` is not trusted to finish (a crashed worker can leave a
 run Running forever), so it never turns a new run into a duplicate. A run already being stopped (Cancelling)
 counts for nothing here: it is neither cancelled again nor a reason to stop or skip.
@@ -50,6 +54,10 @@ class RunRef:
         mine, theirs = self.head_sha.lower(), other.head_sha.lower()
         return mine.startswith(theirs) or theirs.startswith(mine)
 
+    def at(self, head: str | None) -> bool:
+        """True when this run builds ``head`` (its SHA is ``head`` or a prefix of it)."""
+        return head is not None and head.lower().startswith(self.head_sha.lower())
+
 
 @dataclass(frozen=True, slots=True)
 class Cancellation:
@@ -90,11 +98,16 @@ def decide(
     *,
     now: datetime,
     stale_after: timedelta,
+    head: str | None = None,
 ) -> SupersedeDecision:
-    """Decide this run's fate against the other in-flight runs of the same flow (any PR; filtered here)."""
+    """Decide this run's fate against the other in-flight runs of the same flow (any PR; filtered here).
+
+    ``head`` is the PR's head SHA as GitHub has it now, or None when GitHub cannot be asked.
+    """
     group = [r for r in in_flight if r.id != me.id and not r.stopping and me.same_group(r)]
     newer_other = sorted(
-        (r for r in group if r.order > me.order and not me.same_commit(r)), key=lambda r: r.order
+        (r for r in group if r.order > me.order and not me.same_commit(r) and not me.at(head)),
+        key=lambda r: r.order,
     )
     if newer_other:
         newest = newer_other[-1]
@@ -104,7 +117,7 @@ def decide(
     cancel = tuple(
         Cancellation(r, superseded_message(me.head_sha))
         for r in sorted(group, key=lambda r: r.order)
-        if r.order < me.order and not me.same_commit(r)
+        if r.order < me.order and not me.same_commit(r) and not r.at(head)
     )
     duplicates = sorted(
         (r for r in group if r.order < me.order and me.same_commit(r) and now - r.created <= stale_after),

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, Self
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -29,7 +30,13 @@ from pydantic import ValidationError as PydanticValidationError
 from previews.core.forks import is_fork
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.core.status import STATUS_STATES, StatusState, truncate
-from previews.errors import AuthError, GitHubError, TransientGitHubError, ValidationError
+from previews.errors import (
+    AuthError,
+    GitHubError,
+    GitHubNotFoundError,
+    TransientGitHubError,
+    ValidationError,
+)
 from previews.github.app_auth import AppCredentials, InstallationToken, InstallationTokenCache, app_jwt
 from previews.github.sansio import decipher_response, error_for
 from previews.http import MAX_REDIRECTS, PageChain, check_origin, origin, redirect_location
@@ -356,6 +363,18 @@ class GitHubClient:
             f"/repos/{repo}/pulls", params={"state": state, "per_page": per_page}, max_pages=max_pages
         )
         return [PullRequestInfo.from_api(item) for item in items]
+
+    def remove_label(self, repository: str, number: int, name: str) -> bool:
+        """``DELETE /repos/{repository}/issues/{number}/labels/{name}``; False when the label was not on it."""
+        repo = parse_repository(repository)
+        pr = parse_pr_number(number)
+        if not name or len(name) > 50:
+            raise ValidationError("label", "must be 1-50 characters")
+        try:
+            self.request_json("DELETE", f"/repos/{repo}/issues/{pr}/labels/{quote(name, safe='')}")
+        except GitHubNotFoundError:
+            return False
+        return True
 
     def create_status(
         self,

@@ -1,6 +1,8 @@
 """Commit statuses on the PR's head SHA: a status update never makes a build fail.
 
-Every terminal outcome posts a state other than ``pending`` so a required check never hangs.
+Every terminal outcome posts a state other than ``pending`` so a required check never hangs, and a status is
+always posted: a flow-run URL that is not http(s) (a temporary Prefect server of ``previews build`` has none)
+is left out rather than have GitHub refuse the whole status.
 """
 
 from __future__ import annotations
@@ -8,10 +10,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from previews.core.checks import RunDetail
 from previews.core.names import FULL_SHA_RE
 from previews.core.status import StatusUpdate
 from previews.errors import PreviewsError
 from previews.github.client import GitHubClient
+
+
+def usable_link(url: str) -> bool:
+    """True for an absolute http(s) URL with a host: what GitHub accepts as a status ``target_url``."""
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and bool(rest.split("/", 1)[0])
 
 
 @dataclass
@@ -26,13 +35,23 @@ class StatusReporter:
     sha: str | None = None
     last: StatusUpdate | None = None
 
+    def __post_init__(self) -> None:
+        if self.target_url is not None and not usable_link(self.target_url):
+            self.logger.info("commit statuses go without a link: %r is not an http(s) URL", self.target_url)
+            self.target_url = None
+
     def use_sha(self, sha: str) -> None:
         """Post on ``sha`` from now on (a full SHA, e.g. once a short one was resolved)."""
         if FULL_SHA_RE.fullmatch(sha):
             self.sha = sha
 
-    def post(self, update: StatusUpdate) -> None:
-        """Post ``update`` on this run's SHA; log (never raise) when GitHub refuses or is unreachable."""
+    def started(self) -> None:
+        """The build work begins: a commit status has no state for that beyond ``pending``; nothing to post."""
+
+    def post(self, update: StatusUpdate, detail: RunDetail | None = None) -> None:
+        """Post ``update`` on this run's SHA; log (never raise) when GitHub refuses or is unreachable.
+
+        A commit status carries the description only: ``detail`` is for check runs."""
         self.last = update
         if self.client is None:
             self.logger.info("commit status (not posted, no GitHub credentials): %s", update.description)

@@ -4,7 +4,9 @@ Order of checks on a delivery: a free slot (at most ``PREVIEWS_MAX_CONCURRENT_DE
 processed at once; as many more may wait for one, and the rest, or one that waited past the deadline, get 503
 with ``Retry-After``), body size (413, before the body is read in full), slot and whole body within
 ``PREVIEWS_BODY_READ_TIMEOUT`` seconds of the request (408), signature over the raw bytes (401), headers
-and body (400), event type (``ping`` 200, anything but ``pull_request`` 202 ignored), allow-list (403),
+and body (400), event type (``ping`` 200; ``check_run``/``check_suite`` are the Re-run button, see
+:mod:`previews.core.rerequest`, answered 202 ``ignored`` with a reason when they start nothing; anything else
+but ``pull_request`` 202 ignored), allow-list (403),
 payload validation (400 naming the field), then the outbox commit and 202: ``accepted``, or ``duplicate``
 when the delivery id or the signed body is already in the outbox (a redelivery, or a captured body replayed
 under a new id), which starts nothing. Every refusal is a one-line JSON ``{"error": "..."}`` and leaves the
@@ -42,6 +44,13 @@ from starlette.routing import Route
 
 from previews.core.events import PullRequestEvent, parse_pull_request_event, prefect_event
 from previews.core.names import parse_repository
+from previews.core.rerequest import (
+    CHECK_EVENTS,
+    Ignored,
+    RerequestEvent,
+    parse_rerequest,
+    rerequest_prefect_event,
+)
 from previews.errors import SignatureError, ValidationError
 from previews.github.webhooks import SIGNATURE_HEADER, parse_delivery, verify_signature
 from previews.ingress.forwarder import Forwarder
@@ -57,6 +66,9 @@ INSECURE_WARNING = (
 
 class _TooLarge(Exception):
     pass
+
+
+Stored = PullRequestEvent | RerequestEvent  # what a stored delivery was
 
 
 def allowed_repositories(value: str) -> frozenset[str]:
@@ -124,6 +136,9 @@ class ReceiverConfig:
     body_read_timeout: float = 10.0
     max_concurrent_deliveries: int = 64
     health_headers: Mapping[str, str] = field(default_factory=dict)
+    # The "Re-run" button: rerequests of checks owned by this App and named so (core/rerequest.py).
+    check_app_id: int | None = None
+    check_name: str = "preview-image"
 
 
 class _Receiver:
@@ -176,9 +191,7 @@ class _Receiver:
         )
         return _error(503, "too many deliveries in flight; retry later", close=True, retry_after=1)
 
-    async def _receive(
-        self, request: Request, deadline: float
-    ) -> Response | tuple[NewEntry, PullRequestEvent]:
+    async def _receive(self, request: Request, deadline: float) -> Response | tuple[NewEntry, Stored]:
         """Read, verify and validate one delivery: a refusal or answer, or the entry to store."""
         body = await self._read(request, deadline)
         if isinstance(body, Response):
@@ -201,6 +214,8 @@ class _Receiver:
             return _error(400, str(exc))
         if delivery.event == "ping":
             return JSONResponse({"status": "pong", "delivery": delivery.delivery})
+        if delivery.event in CHECK_EVENTS:
+            return self._rerequest(delivery.event, delivery.payload, delivery.delivery, body)
         if delivery.event != "pull_request":
             answer = {"status": "ignored", "event": delivery.event, "delivery": delivery.delivery}
             return JSONResponse(answer, status_code=202)
@@ -226,16 +241,54 @@ class _Receiver:
         except ValidationError as exc:
             return _error(400, str(exc), close=True)
 
-    def _entry(
-        self, payload: dict[str, Any], delivery: str, body: bytes
-    ) -> Response | tuple[NewEntry, PullRequestEvent]:
-        """The outbox entry of a valid delivery from an allowed repository, else the refusal."""
+    def _refused_repository(self, payload: dict[str, Any], delivery: str) -> Response | None:
+        """403 for a repository outside ``PREVIEWS_ALLOWED_REPOSITORIES`` (when set), else None."""
         allowed = self.config.allowed_repositories
         repo = payload.get("repository")
         full_name = repo.get("full_name") if isinstance(repo, dict) else None
         if allowed and (not isinstance(full_name, str) or full_name.lower() not in allowed):
             log.warning("refused delivery %s: repository not allowed", delivery)
             return _error(403, "repository is not in PREVIEWS_ALLOWED_REPOSITORIES")
+        return None
+
+    def _rerequest(
+        self, kind: str, payload: dict[str, Any], delivery: str, body: bytes
+    ) -> Response | tuple[NewEntry, Stored]:
+        """A check's "Re-run": the entry that starts one run, an ``ignored`` answer saying why not, or 4xx."""
+        refused = self._refused_repository(payload, delivery)
+        if refused is not None:
+            return refused
+        try:
+            event = parse_rerequest(
+                kind,
+                payload,
+                delivery=delivery,
+                check_name=self.config.check_name,
+                app_id=self.config.check_app_id,
+            )
+        except ValidationError as exc:
+            log.warning("refused delivery %s: %s", delivery, exc)
+            return _error(400, str(exc))
+        if isinstance(event, Ignored):
+            log.info("delivery %s (%s) ignored: %s", delivery, kind, event.reason)
+            answer = {"status": "ignored", "event": kind, "delivery": delivery, "reason": event.reason}
+            return JSONResponse(answer, status_code=202)
+        entry = NewEntry(
+            delivery=event.delivery,
+            event=rerequest_prefect_event(event),
+            repository=event.repository,
+            number=event.number,
+            body_sha256=hashlib.sha256(body).hexdigest(),
+        )
+        return entry, event
+
+    def _entry(
+        self, payload: dict[str, Any], delivery: str, body: bytes
+    ) -> Response | tuple[NewEntry, Stored]:
+        """The outbox entry of a valid delivery from an allowed repository, else the refusal."""
+        refused = self._refused_repository(payload, delivery)
+        if refused is not None:
+            return refused
         try:
             event = parse_pull_request_event(payload, delivery=delivery)
         except ValidationError as exc:
@@ -250,7 +303,7 @@ class _Receiver:
         )
         return entry, event
 
-    async def _store(self, entry: NewEntry, event: PullRequestEvent) -> Response:
+    async def _store(self, entry: NewEntry, event: Stored) -> Response:
         """Commit ``entry`` (shared with concurrent deliveries) and answer 202 once it is on disk."""
         try:
             added = await self.committer.add(entry)

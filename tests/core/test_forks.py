@@ -127,3 +127,27 @@ def test_bad_label_name_is_a_validation_error(label: str) -> None:
     with pytest.raises(ValidationError) as info:
         decide_fork(True, "label", [], label_name=label)
     assert info.value.field == "fork_label"
+
+
+@pytest.mark.parametrize(
+    ("action", "labels", "build", "revoke"),
+    [
+        # issue 13 item 5: approval covers one commit; a new push needs a new review
+        ("synchronize", ["Safe-To-Preview"], False, "Safe-To-Preview"),
+        ("reopened", ["safe-to-preview", "bug"], False, "safe-to-preview"),
+        # the label added for the current commit builds it
+        ("labeled", ["safe-to-preview"], True, None),
+        (None, ["safe-to-preview"], True, None),
+        # a new push without the label: the usual "add the label" skip, nothing to remove
+        ("synchronize", ["bug"], False, None),
+    ],
+)
+def test_fork_approval_applies_to_one_commit(
+    action: str | None, labels: list[str], build: bool, revoke: str | None
+) -> None:
+    decision = decide_fork(True, "label", labels, action=action)
+    assert (decision.build, decision.revoke) == (build, revoke)
+    if revoke is not None:
+        assert "approval needed again" in decision.reason
+    assert decide_fork(False, "label", labels, action=action).build  # same-repository PRs: no approval
+    assert decide_fork(True, "allow", labels, action=action).revoke is None

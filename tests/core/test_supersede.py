@@ -74,6 +74,31 @@ def test_decide(me: RunRef, others: list[RunRef], expected: tuple[str, str, list
     assert verdict(me, others) == expected
 
 
+@pytest.mark.parametrize(
+    ("me", "others", "head", "expected"),
+    [
+        # issue 13 item 4: a late run for an old commit (created after the head's run) cancels nothing at
+        # the head; the head's run is not superseded by it
+        (run("late", 6, A), [run("h", 5, B)], B, ("proceed", "", [])),
+        (run("h", 5, B), [run("late", 6, A)], B, ("proceed", "", [])),
+        # the head's run still cancels an older run at an old commit, and a short head SHA counts
+        (run("h", 5, B[:7]), [run("o", 1, A)], B, ("proceed", "", ["o"])),
+        # a run at an old commit is superseded by a newer run at the head, and cancels other old commits
+        (run("m", 5, A), [run("h", 6, B)], B, ("superseded", "h", [])),
+        (run("m", 5, A), [run("o", 1, C), run("h", 2, B)], B, ("proceed", "", ["o"])),
+        # head unknown (no GitHub): creation time decides, as before
+        (run("late", 6, A), [run("h", 5, B)], None, ("proceed", "", ["h"])),
+        (run("h", 5, B), [run("late", 6, A)], None, ("superseded", "late", [])),
+    ],
+)
+def test_the_prs_real_head_outranks_creation_time(
+    me: RunRef, others: list[RunRef], head: str | None, expected: tuple[str, str, list[str]]
+) -> None:
+    decision = decide(me, others, now=T0 + timedelta(minutes=10), stale_after=STALE, head=head)
+    because = decision.because_of.id if decision.because_of else ""
+    assert (decision.verdict, because, [c.run.id for c in decision.cancel]) == expected
+
+
 def test_a_stale_same_sha_run_does_not_block_a_rebuild() -> None:
     me = run("m", 200, A)
     old = run("o", 1, A)

@@ -198,3 +198,98 @@ def test_closed_pr_sends_teardown(github: FakeGitHub, registry: Registry, remote
         "event_type": "preview-teardown",
         "client_payload": {"repository": sample.app.repository, "pr": 12, "delivery": "d-9"},
     }
+
+
+@pytest.mark.parametrize("ui_url", ["prefect.example.test", "ftp://prefect.example.test"])
+def test_statuses_are_posted_without_a_link_when_the_run_url_is_not_http(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub, ui_url: str
+) -> None:
+    sample, base, head = pr
+    github.add_pull(sample.app.repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork")
+    state = run_image(
+        settings_for(sample, registry, **github_values(github, ui_url=ui_url)),
+        repository=sample.app.repository,
+        pr_number=5,
+        head_sha=head,
+    )
+    assert state.is_completed(), state.message
+    statuses = github.statuses(sample.app.repository, head)
+    assert [s["state"] for s in statuses] == ["pending", "success"]
+    assert [s["target_url"] for s in statuses] == [None, None]
+
+
+def test_an_event_for_a_commit_that_is_no_longer_the_head_builds_and_cancels_nothing(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Scheduled
+
+    from flows.preview_image import preview_image
+    from tests.support.prefect_api import task_run_counts
+
+    sample, base, old = pr
+    newer = sample.app.commit({"src/main.txt": "app main v3\n"}, "newer push")
+    github.set_head(sample.app.repository, 5, newer)
+    with get_client(sync_client=True) as client:  # the head's run, queued before the late event's run
+        queued = client.create_flow_run(
+            preview_image,
+            parameters={"repository": sample.app.repository, "pr_number": 5, "head_sha": newer},
+            state=Scheduled(),
+        )
+    try:
+        state = run_image(
+            github_settings(sample, registry, github),
+            repository=sample.app.repository,
+            pr_number=5,
+            head_sha=old,
+            base_sha=base,
+            delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        )
+        assert state.is_cancelled(), state
+        assert state.message.startswith(f"superseded by {newer}: ")
+        assert not {"checkout", "supersede", "build", "push"} & set(task_run_counts(state))
+        assert registry.tags(sample.app.repository.lower()) == []
+        assert github.dispatches_to(INFRA) == []
+        (posted,) = github.statuses(sample.app.repository, old)
+        assert posted["state"] == "error"
+        assert newer in posted["description"]
+        assert github.statuses(sample.app.repository, newer) == []
+        with get_client(sync_client=True) as client:
+            head_run = client.read_flow_run(queued.id)
+        assert head_run.state is not None
+        assert head_run.state.type == StateType.SCHEDULED  # the head's run was not cancelled
+    finally:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(queued.id, Cancelled(message="test cleanup"), force=True)
+
+
+def test_a_new_push_from_a_fork_removes_the_approval_label_and_a_new_label_builds_it(
+    pr: tuple[SampleProject, str, str], registry: Registry, github: FakeGitHub
+) -> None:
+    sample, base, head = pr
+    repository = sample.app.repository
+    github.add_pull(  # approved for an earlier commit; the fork has pushed ``head`` since
+        repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork", labels=["safe-to-preview"]
+    )
+    settings = github_settings(sample, registry, github, fork_policy="label")
+    params = {"repository": repository, "pr_number": 5, "head_sha": head, "base_sha": base}
+    pushed = run_image(settings, **params, delivery="d-sync", action="synchronize")
+    assert pushed.is_completed(), pushed.message
+    assert pushed.result().status == "skipped"
+    assert github.labels(repository, 5) == []
+    (removal,) = github.requests_to("DELETE", f"/repos/{repository}/issues/5/labels/*")
+    assert removal.path.endswith("/labels/safe-to-preview")
+    statuses = github.statuses(repository, head)
+    assert statuses[-1]["state"] == "success"
+    assert "approval needed again" in statuses[-1]["description"]
+    assert registry.tags(repository.lower()) == []
+
+    github.add_pull(  # a maintainer reviewed ``head`` and added the label again
+        repository, 5, head_sha=head, base_sha=base, head_repo="stranger/app-fork", labels=["safe-to-preview"]
+    )
+    labeled = run_image(settings, **params, delivery="d-label", action="labeled")
+    assert labeled.is_completed(), labeled.message
+    assert labeled.result().status == "pushed"
+    assert registry.tags(repository.lower()) == [f"pr-5-{head}"]
+    assert github.labels(repository, 5) == ["safe-to-preview"]

@@ -148,3 +148,54 @@ def test_cleanup_flow_dry_run_then_apply(registry: Registry) -> None:
                 break
             time.sleep(0.5)
         assert sorted(e["payload"]["digest"] for e in events) == sorted([doomed, expired])
+
+
+def test_cleanup_reads_pr_states_from_the_images_source_and_keeps_short_sha_builds(
+    registry: Registry,
+) -> None:
+    """Issue 13 item 9: no PREVIEWS_CLEANUP_REPOSITORY; the images' source label names the repository, the
+    report says so and counts the unknown PR states; a build started with a short SHA keeps its tag."""
+    repo = f"cleanuptest/scope-{uuid.uuid4().hex[:8]}"
+    source = {"org.opencontainers.image.source": "https://github.com/acme/scoped"}
+    now = datetime.now(UTC)
+    closed = (now - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with (
+        FakeGitHub() as github,
+        OciRegistry(registry.url, username=registry.username, password=SecretStr(registry.password)) as oci,
+    ):
+        github.add_pull("acme/scoped", 1, head_sha=SHA[1], state="closed")["closed_at"] = closed
+        github.add_pull("acme/scoped", 3, head_sha=SHA[3], state="closed")["closed_at"] = closed
+        # PR 4 is not on GitHub: its state stays unknown
+        for n, days in ((1, 3), (3, 3), (4, 2)):
+            push_labelled = put_config_image(
+                oci,
+                repo,
+                f"pr-{n}-{SHA[n]}",
+                created=now - timedelta(days=days),
+                marker=f"m{n}",
+                labels=source,
+            )
+            assert push_labelled.startswith("sha256:")
+        settings = Settings(
+            registry=registry.host,
+            image=repo,
+            registry_username=registry.username,
+            registry_token=SecretStr(registry.password),
+            registry_kind="oci",
+            github_api_url=github.url,
+            github_token=SecretStr(github.token),
+            retry_delay=0.1,
+        )
+        in_flight = asyncio.run(_start_in_flight_run(3, SHA[3][:9]))  # a UI run with a short SHA
+        try:
+            dry = run_cleanup(settings, dry_run=True)
+        finally:
+            asyncio.run(_finish(in_flight))
+    assert dry.is_completed(), dry.message
+    result = dry.result()
+    assert result.repository == "acme/scoped"
+    assert result.repository_decided_by == f"org.opencontainers.image.source label of pr-4-{SHA[4]}"
+    assert result.unknown_pr_states == 1
+    assert result.planned_removals == 1  # pr-1: closed longer than the grace period
+    assert result.counts["keep: build in flight"] == 1  # pr-3: closed, but its build is in flight
+    assert json.loads(result.model_dump_json())["unknown_pr_states"] == 1

@@ -25,6 +25,7 @@ from tests.support.processes import processes_with, wait_until_gone
 from tests.support.sample import SampleProject, make_sample
 from tests.support.served import (
     create_run,
+    read_run,
     serve_preview_image,
     states_of,
     task_states,
@@ -124,6 +125,9 @@ def test_newer_push_cancels_the_older_build(
     b = wait_final(run_b.id)
     assert b.state is not None
     assert b.state.type == StateType.COMPLETED, b.state.message
+    final = read_run(run_a.id).state  # issue 13 item 11: the final state names the newer SHA
+    assert final is not None
+    assert (final.type, final.message) == (StateType.CANCELLED, f"superseded by {sha_b}")
     assert wait_final(other_pr.id).state.type == StateType.COMPLETED  # type: ignore[union-attr]
     image = sample.app.repository.lower()
     image_cleanup.extend(f"{registry.host}/{image}:pr-{n}-{sha_b}" for n in (31, 32))

@@ -102,6 +102,7 @@ def test_a_synchronize_delivery_creates_one_typed_preview_image_run(
         "fork": False,
         "labels": [],
         "delivery": delivery,
+        "action": "synchronize",
     }
 
 

@@ -9,6 +9,13 @@ It implements exactly the endpoints `previews` uses, with the shapes, status cod
 - ``GET  /repos/{o}/{r}/commits/{ref}/status``       200 combined status
 - ``POST /repos/{o}/{r}/dispatches``                 204 | 422 | 404 (unknown repository)
 - ``POST /app/installations/{id}/access_tokens``     201 token (the App JWT is verified with the public key)
+- ``POST /repos/{o}/{r}/check-runs``                 201 check run | 403 for a non-App token | 422
+- ``PATCH /repos/{o}/{r}/check-runs/{id}``           200 check run | 404 | 422
+- ``GET  /repos/{o}/{r}/commits/{ref}/check-runs``   200 ``{"total_count", "check_runs"}`` (``check_name``, ``status``)
+
+Check runs are built from the recorded ``check-run`` examples and validated against the request schemas of
+``checks/create`` and ``checks/update`` (required fields, enums, ``conclusion`` with ``completed``, output
+limits).
 
 Every request needs ``Authorization`` (401 otherwise) and is recorded. Faults can be injected per path.
 
@@ -35,9 +42,11 @@ import re
 import secrets
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 import uvicorn
@@ -52,6 +61,16 @@ from tests.support import fixtures
 from tests.support.services import free_port
 
 FIXTURES = fixtures.FIXTURES / "github/api"
+CHECK_CONCLUSIONS = (
+    "action_required",
+    "cancelled",
+    "failure",
+    "neutral",
+    "success",
+    "skipped",
+    "stale",
+    "timed_out",
+)
 DOCS = "https://docs.github.com/rest"
 SECONDARY_LIMIT_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
@@ -127,6 +146,8 @@ class FakeGitHub:
         self._dispatches_by_repo: list[tuple[str, dict[str, Any]]] = []
         self._pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self._statuses: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._check_runs: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.check_run_requests: list[tuple[str, int | None, dict[str, Any]]] = []
         self._repos: set[str] = set()
         self._faults: list[Fault] = []
         self._tokens: dict[str, float] = {token: float("inf")}
@@ -256,6 +277,15 @@ class FakeGitHub:
         """Every status posted for ``sha``, oldest first."""
         with self._lock:
             return list(self._statuses.get((repository.lower(), sha), []))
+
+    def check_runs(self, repository: str, sha: str | None = None) -> list[dict[str, Any]]:
+        """Check runs of ``repository`` (on ``sha``), oldest first, as GitHub would answer them now."""
+        with self._lock:
+            return [
+                copy.deepcopy(run)
+                for repo, run in self._check_runs.values()
+                if repo == repository.lower() and (sha is None or run["head_sha"] == sha)
+            ]
 
     def dispatches_to(self, repository: str) -> list[dict[str, Any]]:
         """Dispatch bodies accepted for one repository, oldest first."""
@@ -429,9 +459,41 @@ class FakeGitHub:
             return self._create_status(m.group(1), m.group(2), record.json)
         if method == "GET" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/commits/([^/]+)/status", path)):
             return self._combined_status(m.group(1), m.group(2))
+        if method == "DELETE" and (
+            m := re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/labels/([^/]+)", path)
+        ):
+            return self._remove_label(m.group(1), int(m.group(2)), unquote(m.group(3)))
         if method == "POST" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/dispatches", path)):
             return self._dispatch(m.group(1), record.json, raw)
+        if m := re.fullmatch(r"/repos/([^/]+/[^/]+)/check-runs(?:/(\d+))?", path):
+            if credential == self.token:
+                return self._error(403, "You must authenticate via a GitHub App.")
+            if method == "POST" and m.group(2) is None:
+                return self._create_check_run(m.group(1), record.json)
+            if method == "PATCH" and m.group(2) is not None:
+                return self._update_check_run(m.group(1), int(m.group(2)), record.json)
+        if method == "GET" and (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/commits/([^/]+)/check-runs", path)):
+            return self._list_check_runs(m.group(1), m.group(2), record.query)
         return self._error(404, "Not Found")
+
+    def _remove_label(self, repository: str, number: int, name: str) -> Response:
+        """``DELETE /repos/{o}/{r}/issues/{n}/labels/{name}``: 200 with the labels left, 404 "Label does not
+        exist" when the issue does not carry it (GitHub's documented answers)."""
+        with self._lock:
+            pull = self._pulls.get((repository.lower(), number))
+            labels = pull["labels"] if pull else []
+            kept = [label for label in labels if label["name"].lower() != name.lower()]
+            if pull is None or len(kept) == len(labels):
+                found = None
+            else:
+                pull["labels"] = kept
+                found = kept
+        return self._error(404, "Label does not exist") if found is None else self._json(200, found)
+
+    def labels(self, repository: str, number: int) -> list[str]:
+        """The names of the labels on a pull request now."""
+        with self._lock:
+            return [label["name"] for label in self._pulls[(repository.lower(), number)]["labels"]]
 
     def _access_token(self, installation: int, auth: str) -> Response:
         app = self._app
@@ -556,6 +618,106 @@ class FakeGitHub:
             url=f"{self.url}/repos/{repository}/commits/{ref}/status",
         )
         return self._json(200, body)
+
+    def _check_run_invalid(self, body: Any, *, create: bool) -> str | None:
+        """Why ``body`` breaks the request schema of checks/create (or checks/update), else None."""
+        if not isinstance(body, dict):
+            return "Problems parsing JSON"
+        required = ("name", "head_sha") if create else ()
+        for key in required:
+            if not isinstance(body.get(key), str) or not body[key]:
+                return f'Invalid request.\n\n"{key}" wasn\'t supplied.'
+        if create and not re.fullmatch(r"[0-9a-f]{40}", body["head_sha"]):
+            return "No commit found for SHA: " + body["head_sha"][:40]
+        status, conclusion = body.get("status", "queued"), body.get("conclusion")
+        if status not in ("queued", "in_progress", "completed"):
+            return f"Invalid request.\n\nstatus {status!r} is not a member of the enum."
+        if conclusion is not None and conclusion not in CHECK_CONCLUSIONS:
+            return f"Invalid request.\n\nconclusion {conclusion!r} is not a member of the enum."
+        if (status == "completed" or "completed_at" in body) and conclusion is None:
+            return 'Invalid request.\n\nNo subschema in "anyOf" matched: conclusion is required'
+        output = body.get("output")
+        if output is not None:
+            keys = ("title", "summary") if create else ("summary",)
+            if not isinstance(output, dict) or any(not isinstance(output.get(k), str) for k in keys):
+                return f"Invalid request.\n\noutput needs {' and '.join(keys)}."
+            if any(len(output.get(k) or "") > 65535 for k in ("summary", "text")):
+                return "Invalid request.\n\noutput.summary is too long (maximum is 65535 characters)"
+        details = body.get("details_url")
+        if details is not None and not re.fullmatch(r"https?://\S+", details):
+            return "Invalid request.\n\ndetails_url must be a valid URL."
+        return None
+
+    def _apply_check_run(self, run: dict[str, Any], body: dict[str, Any]) -> None:
+        for key in ("name", "details_url", "external_id", "started_at", "completed_at"):
+            if key in body:
+                run[key] = body[key]
+        if "conclusion" in body:
+            run.update(status="completed", conclusion=body["conclusion"])
+        elif "status" in body:
+            run["status"] = body["status"]
+        if "output" in body:
+            run["output"].update(
+                title=body["output"].get("title", run["output"].get("title")),
+                summary=body["output"]["summary"],
+                text=body["output"].get("text"),
+            )
+
+    def _create_check_run(self, repository: str, body: Any) -> Response:
+        problem = self._check_run_invalid(body, create=True)
+        if problem is not None:
+            return self._error(422, problem)
+        run = copy.deepcopy(_fixture("examples/check-run-example-of-in-progress-conclusion.json"))
+        run_id = next(self._ids)
+        run.update(
+            id=run_id,
+            head_sha=body["head_sha"],
+            url=f"{self.url}/repos/{repository}/check-runs/{run_id}",
+            html_url=f"https://github.com/{repository}/runs/{run_id}",
+            details_url=None,
+            external_id="",
+            status="queued",
+            conclusion=None,
+            started_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            completed_at=None,
+            output={
+                "title": None,
+                "summary": None,
+                "text": None,
+                "annotations_count": 0,
+                "annotations_url": f"{self.url}/repos/{repository}/check-runs/{run_id}/annotations",
+            },
+            pull_requests=[],
+        )
+        self._apply_check_run(run, body)
+        with self._lock:
+            self._check_runs[run_id] = (repository.lower(), run)
+            self.check_run_requests.append(("POST", None, body))
+        return self._json(201, run)
+
+    def _update_check_run(self, repository: str, run_id: int, body: Any) -> Response:
+        problem = self._check_run_invalid(body, create=False)
+        with self._lock:
+            found = self._check_runs.get(run_id)
+        if found is None or found[0] != repository.lower():
+            return self._error(404, "Not Found")
+        if problem is not None:
+            return self._error(422, problem)
+        with self._lock:
+            self._apply_check_run(found[1], body)
+            self.check_run_requests.append(("PATCH", run_id, body))
+            answer = copy.deepcopy(found[1])
+        return self._json(200, answer)
+
+    def _list_check_runs(self, repository: str, ref: str, query: str) -> Response:
+        params = dict(urllib.parse.parse_qsl(query))
+        runs = [
+            run
+            for run in reversed(self.check_runs(repository, ref))
+            if params.get("check_name") in (None, run["name"])
+            and params.get("status") in (None, run["status"])
+        ]
+        return self._json(200, {"total_count": len(runs), "check_runs": runs})
 
     def _dispatch(self, repository: str, body: Any, raw: bytes) -> Response:
         with self._lock:

@@ -8,9 +8,20 @@ from datetime import datetime
 from previews.registry.oci import OCI_MANIFEST, OciRegistry
 
 
-def put_config_image(oci: OciRegistry, repo: str, tag: str, *, created: datetime, marker: str) -> str:
-    """Push a layer-less image whose config carries ``created`` and the label ``m=<marker>``; its digest."""
-    config = json.dumps({"created": created.isoformat(), "config": {"Labels": {"m": marker}}}).encode()
+def put_config_image(
+    oci: OciRegistry,
+    repo: str,
+    tag: str,
+    *,
+    created: datetime,
+    marker: str,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """Push a layer-less image whose config carries ``created`` and the labels ``m=<marker>`` and ``labels``;
+    its digest."""
+    config = json.dumps(
+        {"created": created.isoformat(), "config": {"Labels": {"m": marker, **(labels or {})}}}
+    ).encode()
     digest = oci.ensure_blob(repo, config)
     body = {
         "schemaVersion": 2,

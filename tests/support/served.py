@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
@@ -36,14 +37,23 @@ def _sync_client() -> Any:
 
 @contextmanager
 def serve_preview_image(
-    env: Mapping[str, str], *, log: Path, name: str | None = None, timeout: float = 90.0
+    env: Mapping[str, str],
+    *,
+    log: Path,
+    name: str | None = None,
+    timeout: float = 90.0,
+    triggers: bool = False,
 ) -> Iterator[str]:
-    """Serve ``preview-image`` as deployment ``name`` in a subprocess; yields ``preview-image/<name>``."""
+    """Serve ``preview-image`` as deployment ``name`` in a subprocess; yields ``preview-image/<name>``.
+
+    With ``triggers`` the deployment carries the event triggers of ``flows/triggers.py``; the deployment and
+    its trigger automations are deleted afterwards, so later events of the session start nothing of it.
+    """
     name = name or f"test-{uuid.uuid4().hex[:8]}"
     full = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.served", name],
+            [sys.executable, "-m", "tests.support.served", name, *(["--triggers"] if triggers else [])],
             cwd=ROOT,
             env=full,
             stdout=out,
@@ -66,6 +76,18 @@ def serve_preview_image(
         yield f"preview-image/{name}"
     finally:
         stop(proc, timeout=30)
+        if triggers:
+            _delete_deployment(f"preview-image/{name}")
+
+
+def _delete_deployment(full_name: str) -> None:
+    """Delete a deployment and the automations its triggers left behind (deleting it alone keeps them)."""
+    with _sync_client() as client:
+        deployment = client.read_deployment_by_name(full_name)
+        api = str(client.api_url).rstrip("/")
+        owned = f"{api}/automations/owned-by/prefect.deployment.{deployment.id}"
+        httpx.delete(owned, timeout=30).raise_for_status()
+        client.delete_deployment(deployment.id)
 
 
 def create_run(deployment: str, parameters: dict[str, Any]) -> FlowRun:
@@ -124,8 +146,10 @@ def main() -> None:
     from prefect.deployments.runner import RunnerDeployment
 
     from flows.preview_image import preview_image
+    from flows.triggers import image_trigger, rerun_trigger
 
-    deployment = preview_image.to_deployment(name=sys.argv[1])
+    triggers = [image_trigger(), rerun_trigger()] if "--triggers" in sys.argv[2:] else None
+    deployment = preview_image.to_deployment(name=sys.argv[1], triggers=triggers)
     assert isinstance(deployment, RunnerDeployment)
     serve(deployment, limit=4)
 
