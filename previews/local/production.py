@@ -71,13 +71,15 @@ class ProductionRunning:
         return next(p for p in self.stack.parts if p.name == name)
 
 
-def missing_programs() -> list[str]:
-    """What the production stack needs and cannot find, one sentence each."""
+def missing_programs(search_path: str | None = None) -> list[str]:
+    """What the production stack needs and cannot find on ``search_path`` (PATH and the sbin
+    directories), one sentence each."""
+    where = search_path if search_path is not None else os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     problems = []
     if not (PG_BIN / "postgres").exists():
         problems.append(f"PostgreSQL 15 is not installed ({PG_BIN}/postgres): apt-get install postgresql")
     for program, package in (("redis-server", "redis-server"), ("haproxy", "haproxy")):
-        if shutil.which(program, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+        if shutil.which(program, path=where) is None:
             problems.append(f"{program} is not installed: apt-get install {package}")
     return problems
 
