@@ -37,6 +37,7 @@ from tests.support.burst import (
     peak_overlap,
     plan_burst,
     running_intervals,
+    runs_of,
     send,
     wait_all_final,
 )
@@ -251,6 +252,19 @@ def test_stack_runs_prefect_on_postgresql_and_redis_behind_haproxy(production: P
     assert all(password not in line for line in production.output)
 
 
+def kill_one_server_and_one_worker(production: Production, repository: str) -> None:
+    """Once runs are being started and run, SIGKILL one API server process and one worker (and their trees)."""
+    deadline = time.monotonic() + 180
+    while not any(r["state"]["type"] in ("PENDING", "RUNNING") for r in runs_of(production.api, repository)):
+        assert time.monotonic() < deadline, "no run was started within 180 s"
+        time.sleep(0.5)
+    for pid in (
+        production.pid_of("server", "start", "--port", str(production.servers[0])),
+        production.pid_of("worker", "start", "-worker-1"),
+    ):
+        processes.signal_tree([pid, *processes.descendants(pid)], signal.SIGKILL)
+
+
 def _burst(
     production: Production,
     registry: Registry,
@@ -270,12 +284,7 @@ def _burst(
         send(production.receiver, SECRET, sample.app.repository, push, base)
         time.sleep(rng.uniform(0.0, 0.25))
         if kill_midway and index == len(pushes) // 2:
-            # One API server process and one worker die without a chance to clean up.
-            for pid in (
-                production.pid_of("server", "start", "--port", str(production.servers[0])),
-                production.pid_of("worker", "start", "-worker-1"),
-            ):
-                processes.signal_tree([pid, *processes.descendants(pid)], signal.SIGKILL)
+            kill_one_server_and_one_worker(production, sample.app.repository)
     print(f"\n{len(pushes)} deliveries over {PRS} PRs sent in {time.monotonic() - started:.1f} s")
     runs = wait_all_final(production.api, sample.app.repository, len(pushes), timeout=900)
     print(f"all {len(runs)} runs final {time.monotonic() - started:.1f} s after the first delivery")
