@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -39,11 +40,12 @@ from tests.support.burst import (
     running_intervals,
     runs_of,
     send,
+    states_of,
     wait_all_final,
 )
 from tests.support.git_http import GitHttpServer, run_git_http
 from tests.support.sample import SampleProject, make_sample
-from tests.support.services import Registry, free_port
+from tests.support.services import BASE_IMAGE, Registry, free_port
 from tests.support.webhooks import SECRET
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("base_image")]
@@ -303,6 +305,42 @@ def test_killing_an_api_server_and_a_worker_mid_burst_loses_nothing(
     _burst(production, registry, git_server, remotes_root, seed=61, kill_midway=True)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{production.servers[0]}/api/health", timeout=5)
+
+
+def test_a_run_whose_container_dies_is_retried_once_by_the_automation(
+    production: Production,
+    registry: Registry,
+    git_server: GitHttpServer,
+    remotes_root: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    sample = make_sample(remotes_root, f"Crash-{uuid.uuid4().hex[:8]}")
+    head = sample.app.commit({"Dockerfile": f"FROM {BASE_IMAGE}\nRUN sleep 12\n"}, "a slow build")
+    configure(production, registry, git_server, sample)
+    send(
+        production.receiver,
+        SECRET,
+        sample.app.repository,
+        Push(300, head, str(uuid.uuid4())),
+        sample.head_sha,
+    )
+    deadline = time.monotonic() + 300
+    run: dict[str, Any] = {}
+    while not (run.get("infrastructure_pid") and run["state"]["type"] == "RUNNING"):
+        assert time.monotonic() < deadline, f"the run did not start: {run.get('state')}"
+        time.sleep(0.5)
+        run = next(iter(runs_of(production.api, sample.app.repository)), {})
+    time.sleep(3)  # inside the flow now
+    docker_client.containers.get(run["infrastructure_pid"].rsplit(":", 1)[1]).kill()
+
+    (ended,) = wait_all_final(production.api, sample.app.repository, 1, timeout=400)
+    names = [s["name"] for s in states_of(production.api, ended["id"])]
+    assert ended["state"]["type"] == "COMPLETED", names
+    assert ended["run_count"] == 2
+    assert (
+        names.index("Crashed") < names.index("AwaitingRetry") < len(names) - 1 - names[::-1].index("Running")
+    )
+    assert registry.tags(sample.app.repository.lower()) == [f"pr-300-{head}"]
 
 
 def test_sigterm_stops_every_part_of_the_stack(production: Production) -> None:
