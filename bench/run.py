@@ -9,7 +9,8 @@ trigger, ``PREFECT_RUNNER_POLL_FREQUENCY=1``) and receiver, then measures:
    ``previews build`` as one process, and the running stack from the receiver's 202 to the pushed tag;
 2. receiver deliveries/s and p50/p99 with the durable outbox (bench/receiver.py): fixed load and saturation;
 3. event -> flow run Running, p50/p99 over ``--events`` deliveries (use ``--events 50`` for the full figure);
-4. cleanup planner time for ``--versions`` image versions (bench/cleanup.py);
+4. cleanup planner time for ``--versions`` image versions (bench/cleanup.py); reconcile plan time and GitHub
+   requests for 1,000 open PRs over 10 repositories, beside the PRs that needed a run (bench/reconcile.py);
 5. peak RSS of the receiver, the flow runner, one flow run (its subprocess) and ``previews build``;
 6. BuildKit against the classic builder (warm one-line rebuild), and one-line rebuilds on cold, private
    engines with and without the registry cache (bench/buildkit.py; the private engines need root);
@@ -44,6 +45,7 @@ import buildkit as buildkit_bench  # noqa: E402
 import cleanup as cleanup_bench  # noqa: E402
 import pipeline  # noqa: E402
 import receiver as receiver_bench  # noqa: E402
+import reconcile as reconcile_bench  # noqa: E402
 
 from previews.local import demo  # noqa: E402
 from previews.local.stack import Stack  # noqa: E402
@@ -279,6 +281,7 @@ def main() -> int:
         rows.extend(buildkit_bench.measure(args.buildkit_samples))
     plan_s, plan_text = planner_seconds(args.versions)
     rows.append((f"cleanup planner, {args.versions} versions", f"{plan_s:.2f} s", "best of 3", "", ""))
+    rows.extend(reconcile_bench.measure(1000, 10))
     notes.append(plan_text)
     for role, mib in sorted(peaks.items()):
         label = "one flow run (runner subprocess)" if role.endswith("child process") else role

@@ -56,7 +56,7 @@ from previews.github.checks import complete_open_check_runs
 from previews.github.client import GitHubClient, PullRequestInfo
 from previews.github.reporting import Reporter
 from previews.registry.oci import OciRegistry
-from previews.runs import CancelledRun, PrefectRuns, Supersession, flow_run_url
+from previews.runs import PREVIEW_CREATED_TAG, CancelledRun, PrefectRuns, Supersession, flow_run_url
 from previews.settings import Settings
 from previews.wiring import Wiring
 
@@ -703,6 +703,17 @@ def _finish(run: _Run, result: PreviewResult, update: StatusUpdate | None = None
     result = replace(result, durations_s=run.clock.durations, flow_run_id=run.run_id)
     if update is not None:
         run.reporter.post(update, checks.RunDetail(result=result))
+    if result.notify is not None and result.notify.sent and run.run_id is not None:
+        _mark_created(run, run.run_id)
     key = f"preview-pr-{result.pr_number}" if result.pr_number else "preview-invalid"
     create_markdown_artifact(markdown=summary_markdown(result), key=key, description=result.reason)
     return Completed(message=result.reason, data=result)
+
+
+def _mark_created(run: _Run, run_id: str) -> None:
+    """Tag the run ``preview:created``: reconcile tears down a closed PR's preview by it (best effort)."""
+    try:
+        with run.wiring.prefect_runs() as runs:
+            runs.mark(UUID(run_id), [PREVIEW_CREATED_TAG])
+    except PreviewsError as exc:
+        get_run_logger().warning("could not tag the run %s (%s)", PREVIEW_CREATED_TAG, exc)

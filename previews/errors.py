@@ -4,7 +4,8 @@
 
     PreviewsError
     ├── ValidationError          bad input (event field, parameter, setting); never retried
-    │   └── TagPolicyError       a tag the policy refuses (protected or not pr-<N>-<sha>)
+    │   ├── TagPolicyError       a tag the policy refuses (protected or not pr-<N>-<sha>)
+    │   └── SettingsError        an environment variable's value is refused (names it and the range)
     ├── SignatureError           a webhook delivery's signature is missing or wrong (HTTP 401)
     ├── PermanentError           a remote said no for good: auth, 4xx, missing ref; never retried
     │   ├── AuthError            401/403 from a registry, git remote or GitHub
@@ -56,6 +57,22 @@ class TagPolicyError(ValidationError):
     def __init__(self, tag: str, message: str) -> None:
         super().__init__("tag", f"{tag!r} refused: {message}")
         self.tag = tag
+
+
+class SettingsError(ValidationError):
+    """A setting's value was refused: ``PREVIEWS_RETRIES=99: must be at most 10 (allowed: 0 to 10)``.
+
+    ``variable`` is the environment variable; ``shown`` the value as it may be printed (secrets are hidden).
+    """
+
+    def __init__(self, variable: str, shown: str, problem: str) -> None:
+        super().__init__(variable, problem)
+        self.variable = variable
+        self.shown = shown
+        self.args = (f"{variable}={shown}: {problem}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class PermanentError(PreviewsError):

@@ -27,8 +27,12 @@ from prefect.client.schemas.filters import (
     FlowFilterId,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterIdempotencyKey,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
@@ -36,6 +40,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Cancelling
 
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
+from previews.core.reconcile import FinishedRun, PreviewMark, TeardownMark
 from previews.core.supersede import Cancellation, RunRef, SupersedeDecision, decide
 from previews.errors import PrefectError, TransientPrefectError, ValidationError
 
@@ -47,6 +52,8 @@ IN_FLIGHT = (
     StateType.CANCELLING,
 )
 STOPPING = (StateType.CANCELLING,)
+# A preview-image run that sent preview-create tags itself so (reconcile finds the previews to tear down).
+PREVIEW_CREATED_TAG = "preview:created"
 ENDING = (StateType.CANCELLING, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED)
 _PAGE = 200
 
@@ -82,6 +89,24 @@ def run_ref(run: FlowRun) -> RunRef | None:
     stopping = run.state is not None and run.state.type in STOPPING
     created = run.created or datetime.now(UTC)
     return RunRef(str(run.id), run.name, created, repository, number, sha, stopping=stopping)
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    """A flow run reconcile asked for: ``fresh`` when created now, else the run its key already started."""
+
+    id: str
+    name: str
+    state: str
+    fresh: bool
+
+
+def _pr_of(run: FlowRun) -> tuple[str, int] | None:
+    params = run.parameters or {}
+    try:
+        return parse_repository(params.get("repository")), parse_pr_number(params.get("pr_number"))
+    except ValidationError:
+        return None
 
 
 def flow_run_url(ui_url: str | None) -> str | None:
@@ -129,6 +154,13 @@ class PrefectRuns:
     def close(self) -> None:
         """Close the client's connections."""
         self._client.__exit__(None, None, None)
+
+    def ping(self) -> None:
+        """Raise :class:`TransientPrefectError` naming the API when the Prefect server does not answer."""
+        error = self._client.api_healthcheck()
+        if error is not None:
+            url = self._client.api_url
+            raise TransientPrefectError(f"the Prefect API at {url} does not answer ({type(error).__name__})")
 
     def in_flight(self, *, flow_id: UUID | None = None, flow_name: str | None = None) -> list[RunRef]:
         """Every in-flight run of the flow (by id or name) whose parameters name a PR at a commit."""
@@ -231,3 +263,83 @@ class PrefectRuns:
                 return renamed
             time.sleep(0.5)
         return renamed
+
+    # --- reconcile ------------------------------------------------------------------------------------------
+
+    def start(
+        self, deployment: str, parameters: dict[str, Any], *, idempotency_key: str, tags: Sequence[str] = ()
+    ) -> StartedRun:
+        """A run of ``deployment`` (``flow/deployment``) with ``parameters``, unless ``idempotency_key`` already
+        started one (then that run, ``fresh`` False): two callers with one key get one run."""
+        with _translated(f"read deployment {deployment}"):
+            found = self._client.read_deployment_by_name(deployment)
+        keyed = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[found.id]),
+            idempotency_key=FlowRunFilterIdempotencyKey(any_=[idempotency_key]),
+        )
+        with _translated("read flow runs"):
+            earlier = self._client.read_flow_runs(flow_run_filter=keyed, limit=1)
+        if earlier:
+            return _started(earlier[0], fresh=False)
+        with _translated(f"create a run of {deployment}"):
+            run = self._client.create_flow_run_from_deployment(
+                found.id, parameters=parameters, idempotency_key=idempotency_key, tags=list(tags)
+            )
+        return _started(run, fresh=True)
+
+    def _runs(
+        self, flow_name: str, states: Sequence[StateType], since: datetime, tags: list[str]
+    ) -> list[FlowRun]:
+        runs: list[FlowRun] = []
+        flows = FlowFilter(name=FlowFilterName(any_=[flow_name]))
+        wanted = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states))),
+            expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+            tags=FlowRunFilterTags(all_=tags) if tags else None,
+        )
+        while True:
+            with _translated("read flow runs"):
+                page = self._client.read_flow_runs(
+                    flow_filter=flows, flow_run_filter=wanted, limit=_PAGE, offset=len(runs)
+                )
+            runs.extend(page)
+            if len(page) < _PAGE:
+                return runs
+
+    def previews_created(self, flow_name: str, *, since: datetime) -> list[PreviewMark]:
+        """Completed runs of ``flow_name`` since ``since`` that sent preview-create (and when they ended)."""
+        runs = self._runs(flow_name, [StateType.COMPLETED], since, [PREVIEW_CREATED_TAG])
+        return [
+            PreviewMark(pr[0], pr[1], run.end_time or run.created or since)
+            for run in runs
+            if (pr := _pr_of(run)) is not None
+        ]
+
+    def finished(self, flow_name: str, *, since: datetime) -> list[FinishedRun]:
+        """Runs of ``flow_name`` since ``since`` that ended Completed or Failed, with their state messages."""
+        runs = self._runs(flow_name, [StateType.COMPLETED, StateType.FAILED], since, [])
+        return [
+            FinishedRun(ref, run.state.type.value, run.state.message or "")
+            for run in runs
+            if run.state is not None and (ref := run_ref(run)) is not None
+        ]
+
+    def teardowns(self, flow_name: str, *, since: datetime) -> list[TeardownMark]:
+        """Runs of ``flow_name`` since ``since`` that count as a teardown: completed or in flight."""
+        runs = self._runs(flow_name, [StateType.COMPLETED, *IN_FLIGHT], since, [])
+        return [
+            TeardownMark(pr[0], pr[1], run.created or since)
+            for run in runs
+            if (pr := _pr_of(run)) is not None
+        ]
+
+    def mark(self, run_id: UUID, tags: Sequence[str]) -> None:
+        """Add ``tags`` to a flow run (kept with its other tags)."""
+        with _translated("read flow run"):
+            run = self._client.read_flow_run(run_id)
+        self._tag(run, tags)
+
+
+def _started(run: FlowRun, *, fresh: bool) -> StartedRun:
+    state = run.state.name if run.state is not None else "?"
+    return StartedRun(str(run.id), run.name, state or "?", fresh)

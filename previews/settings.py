@@ -6,16 +6,22 @@ Secrets are ``SecretStr`` and are unwrapped only at the call that needs them.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from previews.core.labels import github_server_url
 from previews.core.names import parse_registry
 from previews.core.paths import PathFilter, choose_filter
 from previews.core.plan import BuildConfig
+from previews.core.reconcile import parse_repositories
+from previews.errors import SettingsError, ValidationError
 
 
 class Settings(BaseSettings):
@@ -45,6 +51,15 @@ class Settings(BaseSettings):
     cleanup_ttl_days: float = Field(default=30.0, gt=0, le=3650)
     cleanup_deletes_per_minute: float = Field(default=180.0, gt=0, le=1000)
     cleanup_ghcr_owner_kind: Literal["org", "user"] = "org"
+
+    # Reconcile with GitHub (issue 14)
+    reconcile_repositories: str | None = Field(
+        default=None,
+        description="comma-separated owner/name to reconcile; default: PREVIEWS_ALLOWED_REPOSITORIES",
+    )
+    reconcile_stale_minutes: float = Field(default=30.0, gt=0, le=7 * 24 * 60)
+    reconcile_image_deployment: str = "preview-image/preview-image"
+    reconcile_teardown_deployment: str = "preview-teardown/preview-teardown"
 
     # Source checkout
     git_url_template: str = "https://github.com/{repository}.git"
@@ -151,6 +166,12 @@ class Settings(BaseSettings):
             self.registry_token and self.registry_token.get_secret_value()
         )
 
+    def reconcile_repository_names(self) -> tuple[str, ...]:
+        """``PREVIEWS_RECONCILE_REPOSITORIES`` (else ``PREVIEWS_ALLOWED_REPOSITORIES``), checked, in order."""
+        if self.reconcile_repositories is not None:
+            return parse_repositories(self.reconcile_repositories, field="PREVIEWS_RECONCILE_REPOSITORIES")
+        return parse_repositories(self.allowed_repositories, field="PREVIEWS_ALLOWED_REPOSITORIES")
+
     def protected_tag_patterns(self) -> tuple[str, ...]:
         """Default protected tags plus the configured extras."""
         from previews.core.tags import DEFAULT_PROTECTED
@@ -195,8 +216,6 @@ class Settings(BaseSettings):
 
     def build_arg_map(self) -> dict[str, str]:
         """Parse ``KEY=VALUE,...`` into a dict; keys must be shell-variable-like names."""
-        import re
-
         from previews.errors import ValidationError
 
         result: dict[str, str] = {}
@@ -209,3 +228,97 @@ class Settings(BaseSettings):
                 raise ValidationError("PREVIEWS_BUILD_ARGS", f"{item[:60]!r} is not KEY=VALUE")
             result[key] = value
         return result
+
+
+# --- settings as environment variables: names, allowed values, readable errors (issue 18) -------------------
+
+
+def variable_of(field: str) -> str:
+    """The environment variable of a settings field (``retries`` -> ``PREVIEWS_RETRIES``)."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    return (alias if isinstance(alias, str) else f"PREVIEWS_{field}").upper()
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def allowed_values(field: str) -> str | None:
+    """What a field accepts, in words (``0 to 10``, ``'oci' or 'ghcr'``, ``true or false``); None for text."""
+    from typing import get_args, get_origin
+
+    info = Settings.model_fields[field]
+    kind = info.annotation
+    if get_origin(kind) is not Literal:
+        kind = next((a for a in get_args(kind) if a is not type(None)), kind)
+    if get_origin(kind) is Literal:
+        return " or ".join(repr(v) for v in get_args(kind))
+    if kind is bool:
+        return "true or false"
+    bounds = {type(m).__name__.lower(): getattr(m, type(m).__name__.lower()) for m in info.metadata}
+    if "ge" in bounds and "le" in bounds:
+        return f"{_number(bounds['ge'])} to {_number(bounds['le'])}"
+    words = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+    parts = [f"{words[k]} {_number(v)}" for k, v in bounds.items() if k in words]
+    if parts:
+        return " and ".join(parts)
+    return {int: "an integer", float: "a number"}.get(kind)  # type: ignore[arg-type]
+
+
+_PROBLEMS = {
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "int_parsing": "is not an integer",
+    "float_parsing": "is not a number",
+    "bool_parsing": "is not a boolean",
+    "literal_error": "is not one of the allowed values",
+}
+
+
+def _settings_error(error: Mapping[str, Any]) -> SettingsError:
+    """One pydantic error as a :class:`SettingsError` naming the variable, the problem and what is allowed."""
+    field = str(error["loc"][0]) if error.get("loc") else ""
+    if field not in Settings.model_fields:
+        return SettingsError("PREVIEWS_*", "?", str(error.get("msg", "invalid")))
+    variable = variable_of(field)
+    secret = "SecretStr" in str(Settings.model_fields[field].annotation)
+    raw = error.get("input")
+    shown = "<hidden>" if secret else repr(raw)[:60] if not isinstance(raw, str) else raw[:60]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ValidationError):
+        problem = cause.reason
+    else:
+        template = _PROBLEMS.get(str(error.get("type")))
+        ctx = {
+            k: _number(v) if isinstance(v, int | float) else v for k, v in (error.get("ctx") or {}).items()
+        }
+        problem = template.format(**ctx) if template else str(error.get("msg"))
+    allowed = allowed_values(field)
+    return SettingsError(variable, shown, f"{problem} (allowed: {allowed})" if allowed else problem)
+
+
+def load_settings(**values: Any) -> Settings:
+    """``Settings()`` from the environment, refusing a bad value with a :class:`SettingsError` (never pydantic's).
+
+    The message names the variable, what is wrong with its value and the allowed range, e.g.
+    ``PREVIEWS_RETRIES=99: must be at most 10 (allowed: 0 to 10)``; further bad variables are named after it.
+    """
+    try:
+        return Settings(**values)
+    except PydanticSettingsError as exc:  # a structured field whose variable is not JSON
+        match = re.search(r'field "(\w+)"', str(exc))
+        field = match.group(1) if match else None
+        if field not in Settings.model_fields:
+            raise SettingsError("PREVIEWS_*", "?", str(exc)) from None
+        secret = "SecretStr" in str(Settings.model_fields[field].annotation)
+        raise SettingsError(variable_of(field), "<hidden>" if secret else "?", "is not valid JSON") from None
+    except PydanticValidationError as exc:
+        errors = [_settings_error(e) for e in exc.errors()]
+        first = errors[0]
+        if len(errors) > 1:
+            others = ", ".join(e.variable for e in errors[1:])
+            first.args = (f"{first.args[0]}; also refused: {others}",)
+        raise first from None

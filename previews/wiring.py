@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from previews.ingress.outbox import Outbox
     from previews.registry import CleanupTarget
     from previews.registry.oci import OciRegistry
+    from previews.run_history import RunHistory
     from previews.runs import PrefectRuns
 
 # A registry API call of the pipeline (is this tag published? which images does the PR have?) is short.
@@ -199,6 +200,29 @@ class Wiring:
         from previews.runs import PrefectRuns
 
         return PrefectRuns(get_client(sync_client=True))
+
+    def run_history(self) -> RunHistory:
+        """Preview runs of the Prefect API this process talks to, for ``previews status``."""
+        from prefect.client.orchestration import get_client
+
+        from previews.run_history import RunHistory
+
+        return RunHistory(get_client(sync_client=True))
+
+    def reconcile_github(self) -> tuple[tuple[str, ...], GitHubClient]:
+        """The repositories to reconcile and the GitHub client that reads them; either missing is bad config."""
+        repositories = self.settings.reconcile_repository_names()
+        if not repositories:
+            raise ValidationError(
+                "PREVIEWS_RECONCILE_REPOSITORIES",
+                "no repository to reconcile (set it, or PREVIEWS_ALLOWED_REPOSITORIES)",
+            )
+        github = self.github()
+        if github is None:
+            raise ValidationError(
+                "PREVIEWS_GITHUB_TOKEN", "reconcile reads GitHub: set a token (or a GitHub App)"
+            )
+        return repositories, github
 
     # --- cleanup ------------------------------------------------------------------------------------------
 

@@ -1,178 +1,220 @@
-"""The ``previews`` command (argparse): parses, then runs a flow, the receiver or the local stack.
+"""The ``previews`` command (argparse + rich): parses, then runs a flow, the receiver or the local stack.
 
-``previews build`` runs the preview-image flow once, in this process, against the Prefect API in
-``PREFECT_API_URL`` (or a temporary local one). Exit status: 0 pushed or skipped, 2 invalid input, 1 failed.
+Each module adds its commands with ``register(sub)`` (one line in :func:`parser`); they all get the global
+options, the help sections and the exit codes of :mod:`previews_cli.common`::
+
+    0 ok    1 the run failed    2 bad input or configuration    3 a required service unreachable
+
+``previews build`` and ``previews cleanup`` run their flow once, in this process, against the Prefect API in
+``PREFECT_API_URL`` (or a temporary local one), showing each step as it starts and ends
+(:mod:`previews_cli.progress`); ``--json`` prints one document with ``status`` and ``flow_run_id``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
+from importlib.metadata import version
 from typing import Any
 
-from previews.errors import PreviewsError, ValidationError
+from previews.errors import PreviewsError
 from previews.local import stack
-from previews_cli import receiver
+from previews_cli import common, receiver, status
+from previews_cli import reconcile as reconcile_cli
+from previews_cli.common import EXIT_FAILED, EXIT_OK
+from previews_cli.progress import run_progress
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+BUILD_ENV = (
+    "registry",
+    "registry_username",
+    "registry_token",
+    "image",
+    "git_url_template",
+    "git_token",
+    "siblings",
+    "dockerfile",
+    "build_context",
+    "build_args",
+    "build_secrets",
+    "docker_cli",
+    "build_timeout",
+    "push_timeout",
+    "retries",
+    "retry_delay",
+    "github_token",
+    "github_api_url",
+    "github_report",
+    "infra_repository",
+    "ui_url",
+    "credentials_block",
+    "config_block",
+    *common.PREFECT_ENV,
+)
+CLEANUP_ENV = (
+    "registry",
+    "registry_username",
+    "registry_token",
+    "registry_kind",
+    "image",
+    "cleanup_repository",
+    "cleanup_grace_hours",
+    "cleanup_keep_per_open_pr",
+    "cleanup_ttl_days",
+    "cleanup_deletes_per_minute",
+    "protected_tags",
+    "github_token",
+    "retries",
+    "ui_url",
+    "credentials_block",
+    "config_block",
+    *common.PREFECT_ENV,
+)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _quiet_prefect(args: argparse.Namespace) -> None:
+    """Keep Prefect's own console log off the terminal unless asked (the run's log is in the UI)."""
+    if not (args.debug or args.verbose):
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def _run_id(state: Any) -> str | None:
+    run_id = state.state_details.flow_run_id
+    return str(run_id) if run_id else None
+
+
+def _failure(state: Any) -> BaseException:
+    error = state.result(raise_on_failure=False)
+    return error if isinstance(error, BaseException) else PreviewsError(state.message or "the run failed")
+
+
+def _build_template() -> dict[str, Any]:
+    from previews.core.outcome import PreviewResult
+
+    return PreviewResult(status="failed", reason="").to_json() | {"reason": None}
 
 
 def _build(args: argparse.Namespace) -> int:
+    _quiet_prefect(args)
     from previews.core.names import parse_pr_number, parse_repository, parse_sha
-    from previews.settings import Settings
 
-    try:
-        settings = Settings()
-        parse_repository(args.repository)
-        parse_pr_number(args.pr)
-        parse_sha(args.sha)
-    except (ValidationError, ValueError) as invalid_input:
-        return _report_invalid(args, invalid_input)
-
-    if not (args.debug or args.verbose):
-        # The run's full log (build output, tracebacks) is in the Prefect UI; the terminal gets one sentence.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    settings = common.settings()
+    repository, number = parse_repository(args.repository), parse_pr_number(args.pr)
+    sha = parse_sha(args.sha)
+    args.template = lambda: (
+        _build_template() | {"repository": repository, "pr_number": number, "head_sha": sha}
+    )
+    common.require_prefect(settings)
 
     from blocks import load_wiring
     from flows.preview_image import preview_image
     from previews.core.outcome import PreviewResult
 
     run = preview_image.over(partial(load_wiring, settings))
-    state = run(repository=args.repository, pr_number=int(args.pr), head_sha=args.sha, return_state=True)
-    run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-    if state.is_completed():
-        result = state.result()
-        assert isinstance(result, PreviewResult)
-        _print_result(args, result.to_json(), human=f"{result.status}: {result.reason}")
-        return EXIT_OK
-    error = state.result(raise_on_failure=False)
-    exc = error if isinstance(error, BaseException) else PreviewsError(state.message or "the run failed")
-    if args.debug and isinstance(exc, BaseException):
-        traceback.print_exception(exc)
-    invalid = isinstance(exc, ValidationError)
-    payload: dict[str, Any] = {
-        "status": "failed",
-        "image": None,
-        "digest": None,
-        "reason": _one_line(exc),
-        "error": type(exc).__name__,
-        "flow_run_id": run_id,
+    with run_progress(args, ui_url=settings.ui_url) as progress:
+        state = run(repository=repository, pr_number=number, head_sha=sha, return_state=True)
+    run_id = _run_id(state)
+    if not state.is_completed():
+        return common.fail(args, _failure(state), flow_run_id=run_id)
+    result = state.result()
+    assert isinstance(result, PreviewResult)
+    fields: dict[str, Any] = result.to_json()
+    fields.pop("flow_run_id", None)
+    fields.pop("status", None)
+    body = common.document(args, result.status, flow_run_id=run_id, **fields)
+    said = result.reason.startswith(result.status)
+    human = [result.reason if said else f"{result.status}: {result.reason}"]
+    if result.image and result.digest:
+        human.append(f"image: {result.image}@{result.digest}")
+    if progress is not None and progress.url():
+        human.append(f"flow run: {progress.url()}")
+    return common.finish(args, body, human, EXIT_OK)
+
+
+def _cleanup_template() -> dict[str, Any]:
+    """Every field of :class:`CleanupResult`, empty: the shape of a cleanup that did not get that far."""
+    from typing import get_origin
+
+    from flows.preview_cleanup import CleanupResult
+
+    empty: dict[object, Any] = {dict: {}, list: []}
+    return {
+        name: empty.get(get_origin(field.annotation)) for name, field in CleanupResult.model_fields.items()
     }
-    _print_result(args, payload, human=f"failed: {_one_line(exc)}", stream=sys.stderr)
-    return EXIT_INVALID if invalid else EXIT_FAILED
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    if not (args.debug or args.verbose):
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    _quiet_prefect(args)
+    settings = common.settings()
+    common.require_prefect(settings)
     from blocks import load_wiring
     from flows.preview_cleanup import CleanupResult, preview_cleanup
-    from previews.settings import Settings
 
-    run = preview_cleanup.over(partial(load_wiring, Settings()))
-    state = run(dry_run=not args.apply, return_state=True)
+    run = preview_cleanup.over(partial(load_wiring, settings))
+    with run_progress(args, ui_url=settings.ui_url):
+        state = run(dry_run=not args.apply, return_state=True)
+    run_id = _run_id(state)
     if not state.is_completed():
-        error = state.result(raise_on_failure=False)
-        reason = (str(error).strip().splitlines() or [state.message or "the run failed"])[0]
-        if args.json:
-            print(json.dumps({"status": "failed", "reason": reason}))
-        else:
-            print(f"failed: {reason}")
-        return 1
+        return common.fail(args, _failure(state), flow_run_id=run_id)
     result = state.result()
     assert isinstance(result, CleanupResult)
-    if args.json:
-        print(json.dumps(result.model_dump(), sort_keys=True))
-        return 0
+    failed = result.failed > 0
+    outcome = "failed" if failed else "planned" if result.dry_run else "applied"
+    reason = f"{result.failed} deletions failed" if failed else result.summary
+    body = common.document(args, outcome, flow_run_id=run_id, **result.model_dump(), reason=reason)
     mode = (
         "dry run: nothing deleted" if result.dry_run else f"removed {result.removed}, failed {result.failed}"
     )
-    print(f"{result.image}: {result.tags} tags, {result.planned_removals} planned removals ({mode})")
-    for reason, count in sorted(result.counts.items()):
-        print(f"  {count:6d}  {reason}")
-    for failure in result.failures:
-        print(f"  failed: {failure}")
-    return 0 if result.failed == 0 else 1
+    human = [f"{result.image}: {result.tags} tags, {result.planned_removals} planned removals ({mode})"]
+    human.append(
+        f"  PR states from {result.repository or 'no repository'} ({result.repository_decided_by}); "
+        f"{result.unknown_pr_states} unknown"
+    )
+    human += [f"  {count:6d}  {why}" for why, count in sorted(result.counts.items())]
+    human += [f"  failed: {failure}" for failure in result.failures]
+    return common.finish(args, body, human, EXIT_FAILED if failed else EXIT_OK)
 
 
-def _report_invalid(args: argparse.Namespace, exc: Exception) -> int:
-    payload = {
-        "status": "failed",
-        "image": None,
-        "digest": None,
-        "reason": _one_line(exc),
-        "flow_run_id": None,
-    }
-    _print_result(args, payload, human=f"invalid input: {_one_line(exc)}", stream=sys.stderr)
-    return EXIT_INVALID
+def _register_flows(sub: Any) -> None:
+    build = sub.add_parser(
+        "build", help="build and push one PR's preview image now, in this process", env=BUILD_ENV
+    )
+    build.add_argument("--repository", required=True, help="GitHub repository, owner/name")
+    build.add_argument("--pr", required=True, help="pull request number")
+    build.add_argument("--sha", required=True, help="head commit SHA (full, or a prefix of the PR head)")
+    build.set_defaults(handler=_build, template=_build_template)
 
-
-def _print_result(
-    args: argparse.Namespace, payload: dict[str, Any], *, human: str, stream: Any = None
-) -> None:
-    if args.json:
-        print(json.dumps(payload, sort_keys=True))
-    else:
-        print(human, file=stream or sys.stdout)
+    cleanup = sub.add_parser(
+        "cleanup", help="plan or apply the removal of stale pr-* tags now", env=CLEANUP_ENV
+    )
+    mode = cleanup.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", dest="apply", action="store_false", help="only plan (default)")
+    mode.add_argument("--apply", dest="apply", action="store_true", help="delete what the plan says")
+    cleanup.set_defaults(handler=_cleanup, apply=False, template=_cleanup_template)
 
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``previews``."""
-    root = argparse.ArgumentParser(
-        prog="previews", description="Per-PR preview images, built by Prefect flows."
+    root = common.CommandParser(
+        prog="previews",
+        description="Per-PR preview images, built by Prefect flows.",
+        parents=[common.global_options(suppress=False)],
+        epilog=common.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    root.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = root.add_subparsers(dest="command", required=True)
-
-    build = sub.add_parser("build", help="build and push one PR's preview image now, in this process")
-    build.add_argument("--repository", required=True, help="GitHub repository, owner/name")
-    build.add_argument("--pr", required=True, help="pull request number")
-    build.add_argument("--sha", required=True, help="head commit SHA (full, or a prefix of the PR head)")
-    build.add_argument("--json", action="store_true", help="print one JSON object")
-    build.add_argument("--verbose", "-v", action="store_true", help="stream the run's log to the terminal")
-    build.set_defaults(handler=_build)
-
-    cleanup = sub.add_parser("cleanup", help="plan or apply the removal of stale pr-* tags now")
-    mode = cleanup.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", dest="apply", action="store_false", help="only plan (default)")
-    mode.add_argument("--apply", dest="apply", action="store_true", help="delete what the plan says")
-    cleanup.add_argument("--json", action="store_true", help="print one JSON object")
-    cleanup.add_argument("--verbose", "-v", action="store_true", help="stream the run's log to the terminal")
-    cleanup.set_defaults(handler=_cleanup, apply=False)
-
-    for register in (receiver.register, stack.register):
+    root.add_argument("--version", action="version", version=f"%(prog)s {version('previews')}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (_register_flows, status.register, receiver.register, stack.register):
         register(sub)
+    reconcile_cli.register(sub)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``previews`` console script."""
-    args = parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except KeyboardInterrupt:
-        return 130
-    except ValidationError as exc:
-        if args.debug:
-            raise
-        print(f"invalid input: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_INVALID
-    except PreviewsError as exc:
-        if args.debug:
-            raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+    return common.run_handler(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,34 +1,47 @@
-"""``previews serve`` and ``previews outbox list|replay``: the receiver's part of the ``previews`` command."""
+"""``previews serve`` and ``previews outbox list|replay``: the receiver's part of the ``previews`` command.
+
+``outbox list`` and ``outbox replay`` only open an outbox that exists: a missing one is a configuration
+error (exit 2, naming ``PREVIEWS_OUTBOX_PATH``), and nothing is created by reading.
+"""
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
-import sys
 from typing import TYPE_CHECKING, Any
 
 from previews.core.events import parse_delivery_id
 from previews.settings import Settings
 from previews.wiring import Wiring
+from previews_cli import common
+from previews_cli.common import EXIT_OK, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
-    from previews.ingress.outbox import Outbox
+    from previews.ingress.outbox import Outbox, OutboxEntry
+
+SERVE_ENV = (
+    "webhook_secret",
+    "allowed_repositories",
+    "outbox_path",
+    "max_body_bytes",
+    "max_concurrent_deliveries",
+    "body_read_timeout",
+    "outbox_retention_hours",
+    "forwarder_poll_seconds",
+    "forwarder_max_backoff",
+    "forwarder_batch_size",
+    *common.PREFECT_ENV,
+)
 
 
 def _settings() -> Settings:
     """Settings from the environment, with ``PREFECT_API_URL`` from the active Prefect profile if unset."""
-    settings = Settings()
+    settings = common.settings()
     if settings.prefect_api_url is None:
-        try:
-            from prefect.settings import PREFECT_API_URL
-
-            url = PREFECT_API_URL.value()
-        except Exception:  # prefect missing or its profile unreadable: the forwarder's default applies
-            url = None
+        url = common.prefect_api_url(settings)
         if url:
-            settings = settings.model_copy(update={"prefect_api_url": str(url)})
+            settings = settings.model_copy(update={"prefect_api_url": url})
     return settings
 
 
@@ -40,9 +53,9 @@ def _serve(args: argparse.Namespace) -> int:
     from previews.redact import redact_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.insecure_no_signature:
-        require_secret(Settings().webhook_secret)  # refuse before anything slower (checked again below)
     settings = _settings()
+    if not args.insecure_no_signature:
+        require_secret(settings.webhook_secret)  # refuse before anything slower (checked again below)
     app = Wiring(settings).receiver_app(allow_unsigned=args.insecure_no_signature)
     outbox = app.state.outbox
     print(
@@ -58,39 +71,51 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _open_outbox() -> Outbox:
-    return Wiring(Settings()).outbox()
+    """The existing outbox; a missing file is refused, never created."""
+    settings = common.settings()
+    path = settings.outbox_path
+    if not path.is_file():
+        raise InvalidInputError(
+            "PREVIEWS_OUTBOX_PATH",
+            f"no outbox at {path.resolve()} (the receiver creates it on its first delivery; "
+            "run this where `previews serve` runs or set PREVIEWS_OUTBOX_PATH)",
+        )
+    return Wiring(settings).outbox()
+
+
+def _line(entry: OutboxEntry) -> str:
+    summary = entry.summary()
+    error = f"  last_error={summary['last_error']}" if summary["last_error"] else ""
+    return (
+        f"{summary['delivery']}  {summary['state']:9}  {summary['event']}  "
+        f"{summary['repository']}#{summary['number']}  attempts={summary['attempts']}{error}"
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
     with _open_outbox() as outbox:
         entries = outbox.entries(state=args.state)
-    for entry in entries:
-        summary = entry.summary()
-        if args.json:
-            print(json.dumps(summary, sort_keys=True))
-        else:
-            error = f"  last_error={summary['last_error']}" if summary["last_error"] else ""
-            print(
-                f"{summary['delivery']}  {summary['state']:9}  {summary['event']}  "
-                f"{summary['repository']}#{summary['number']}  attempts={summary['attempts']}{error}"
-            )
-    return 0
+        path = str(outbox.path)
+    body = common.document(args, "ok", outbox=path, entries=[e.summary() for e in entries])
+    human = [_line(entry) for entry in entries] or [f"no entries in {path}"]
+    return common.finish(args, body, human, EXIT_OK)
 
 
 def _replay(args: argparse.Namespace) -> int:
     delivery = parse_delivery_id(args.delivery, field="DELIVERY_ID")
     with _open_outbox() as outbox:
         entry = outbox.replay(delivery)
+        path = str(outbox.path)
     if entry is None:
-        print(f"no delivery {delivery} in the outbox", file=sys.stderr)
-        return 1
-    print(json.dumps(entry.summary(), sort_keys=True))
-    return 0
+        return common.fail(args, NotFoundError(f"no delivery {delivery} in the outbox {path}"))
+    body = common.document(args, "replayed", outbox=path, entry=entry.summary())
+    human = [f"replayed: {_line(entry)}  event_id={entry.summary()['event_id']}"]
+    return common.finish(args, body, human, EXIT_OK)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``serve`` and ``outbox list|replay`` to the ``previews`` command."""
-    serve = subparsers.add_parser("serve", help="run the GitHub webhook receiver")
+    serve = subparsers.add_parser("serve", help="run the GitHub webhook receiver", env=SERVE_ENV)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8787, help="port (default 8787)")
     serve.add_argument(
@@ -100,12 +125,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     serve.set_defaults(handler=_serve)
 
-    outbox = subparsers.add_parser("outbox", help="inspect and re-send webhook deliveries")
-    actions = outbox.add_subparsers(dest="outbox_command", required=True)
-    listing = actions.add_parser("list", help="list outbox entries, oldest first")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    outbox = subparsers.add_parser(
+        "outbox", help="inspect and re-send webhook deliveries", env=("outbox_path",)
+    )
+    actions = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list outbox entries, oldest first", env=("outbox_path",))
     listing.add_argument("--state", choices=["pending", "delivered", "rejected"], help="only this state")
-    listing.set_defaults(handler=_list)
-    replay = actions.add_parser("replay", help="send a delivery's event to Prefect again")
+    listing.set_defaults(handler=_list, template=lambda: {"outbox": None, "entries": []})
+    replay = actions.add_parser(
+        "replay", help="send a delivery's event to Prefect again", env=("outbox_path",)
+    )
     replay.add_argument("delivery", metavar="DELIVERY_ID")
-    replay.set_defaults(handler=_replay)
+    replay.set_defaults(handler=_replay, template=lambda: {"outbox": None, "entry": None})

@@ -42,6 +42,7 @@ ADAPTERS = (
     "previews.git",
     "previews.ingress",
     "previews.runs",
+    "previews.run_history",
 )
 # Constructors of clients: called in previews/wiring.py only (the adapters' own modules define them).
 CLIENTS = {
@@ -56,6 +57,7 @@ CLIENTS = {
     "from_env",
     "GitSource",
     "PrefectRuns",
+    "RunHistory",
     "get_client",
     "Forwarder",
     "Outbox",

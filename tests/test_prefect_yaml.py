@@ -58,3 +58,16 @@ def test_entrypoints_exist() -> None:
         module, _, func = deployment["entrypoint"].partition(":")
         assert (ROOT / module).exists()
         assert f"def {func}(" in (ROOT / module).read_text()
+
+
+def test_reconcile_deployment_matches_the_served_one() -> None:
+    from flows.preview_reconcile import INTERVAL_SECONDS, deployment
+
+    declared = deployments()["preview-reconcile"]
+    served = deployment(scheduled=True)
+    assert declared["entrypoint"] == "flows/preview_reconcile.py:preview_reconcile"
+    assert declared["schedules"] == [{"interval": INTERVAL_SECONDS}]
+    assert [s.schedule.interval.total_seconds() for s in served.schedules] == [INTERVAL_SECONDS]  # type: ignore[union-attr]
+    assert declared["parameters"] == served.parameters == {"dry_run": False}
+    assert declared["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert served.concurrency_limit == 1

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, Literal, Self
 from urllib.parse import quote
 
@@ -137,6 +138,7 @@ class CommitStatus(BaseModel):
     context: str
     description: str | None = None
     target_url: str | None = None
+    updated_at: datetime | None = None
 
 
 class CombinedStatus(BaseModel):
@@ -179,6 +181,8 @@ class GitHubClient:
         self._app = app
         self._tokens = InstallationTokenCache(refresh_margin=token_refresh_margin, clock=clock)
         self._clock = clock
+        self.requests_sent = 0  # every HTTP request sent, redirects and token minting included
+        self.rate_remaining: int | None = None  # x-ratelimit-remaining of the latest answer
         self._http = httpx.Client(
             base_url=self.base_url + "/",
             timeout=timeout,
@@ -249,12 +253,14 @@ class GitHubClient:
             headers["Authorization"] = self._authorization()
         query = dict(params) if params else None
         for _hop in range(MAX_REDIRECTS + 1):
+            self.requests_sent += 1
             try:
                 response = self._http.request(method, url, json=json_body, params=query, headers=headers)
             except httpx.TimeoutException as exc:
                 raise TransientGitHubError(f"{where}: timed out ({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
                 raise TransientGitHubError(f"{where}: connection failed ({type(exc).__name__})") from exc
+            self._note_rate(response.headers)
             target = redirect_location(response.status_code, response.headers, str(response.url))
             if target is None:
                 break
@@ -266,6 +272,11 @@ class GitHubClient:
         raise error_for(
             response.status_code, response.headers, response.content, where=where, now=self._clock()
         )
+
+    def _note_rate(self, headers: httpx.Headers) -> None:
+        remaining = headers.get("x-ratelimit-remaining", "").strip()
+        if remaining.isdigit():
+            self.rate_remaining = int(remaining)
 
     def _absolute(self, path: str, where: str) -> str:
         if path.startswith(("https://", "http://")):

@@ -51,6 +51,9 @@ def _port_free(port: int) -> bool:
         return True
 
 
+ENGINE_HINT = "start a Docker engine (as root: dockerd &) or point DOCKER_HOST at one"
+
+
 def preflight(*, demo_too: bool, ports: Mapping[str, int]) -> list[str]:
     """What keeps ``previews up`` from starting, one sentence each; empty when everything is there.
 
@@ -60,7 +63,7 @@ def preflight(*, demo_too: bool, ports: Mapping[str, int]) -> list[str]:
     try:
         check_engine(timeout=5)
     except DockerUnavailableError as exc:
-        problems.append(f"{exc}: start a Docker engine (as root: dockerd &) or point DOCKER_HOST at one")
+        problems.append(f"{exc}: {ENGINE_HINT}")
     if demo_too and demo.registry_binary() is None:
         problems.append(
             "the demo needs Debian's docker-registry, which is not installed (apt-get install docker-registry)"
@@ -332,7 +335,8 @@ def _up(args: argparse.Namespace) -> int:
         print("previews up cannot start:", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
-        return 1
+        # The CLI's exit codes: 3 when the Docker engine is unreachable, else 2 (ports, missing programs).
+        return 3 if any(ENGINE_HINT in problem for problem in problems) else 2
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -421,7 +425,11 @@ def _run_up(args: argparse.Namespace, state_dir: Path, *, on_ready: Callable[[],
 
 def register(sub: Any) -> None:
     """Add ``previews up`` to the CLI."""
-    up = sub.add_parser("up", help="run Prefect, the receiver and the flows locally (--demo: end to end)")
+    up = sub.add_parser(
+        "up",
+        help="run Prefect, the receiver and the flows locally (--demo: end to end)",
+        env=("webhook_secret",),
+    )
     up.add_argument("--port", type=int, default=8787, help="receiver port (default 8787)")
     up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--demo", action="store_true", help="also run a demo registry, repository and delivery")

@@ -41,11 +41,17 @@ def test_the_cli_knows_the_receiver_commands() -> None:
     assert parser().parse_args(["outbox", "replay", "abc"]).delivery == "abc"
 
 
-def test_outbox_list_json_prints_one_object_per_entry(tmp_path: Path) -> None:
+def test_outbox_list_json_prints_one_document_with_the_entries(tmp_path: Path) -> None:
     fill(tmp_path)
     out = run(tmp_path, "outbox", "list", "--json")
     assert out.returncode == 0, out.stderr
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    body = json.loads(out.stdout)
+    assert (body["status"], body["outbox"], body["flow_run_id"]) == (
+        "ok",
+        str(tmp_path / "outbox.sqlite3"),
+        None,
+    )
+    rows = body["entries"]
     assert [(r["delivery"], r["event"], r["state"]) for r in rows] == [
         ("d-1", "github.pull_request.opened", "delivered"),
         ("d-2", "github.pull_request.closed", "pending"),
@@ -60,18 +66,44 @@ def test_outbox_list_json_prints_one_object_per_entry(tmp_path: Path) -> None:
 
 def test_outbox_replay_puts_a_delivered_entry_back_with_a_new_event_id(tmp_path: Path) -> None:
     fill(tmp_path)
-    out = run(tmp_path, "outbox", "replay", "d-1")
+    out = run(tmp_path, "outbox", "replay", "d-1", "--json")
     assert out.returncode == 0, out.stderr
-    row = json.loads(out.stdout)
+    body = json.loads(out.stdout)
+    assert body["status"] == "replayed"
+    row = body["entry"]
     assert (row["delivery"], row["state"], row["replays"]) == ("d-1", "pending", 1)
     assert row["event_id"] == str(event_id("d-1", replay=1))
+    human = run(tmp_path, "outbox", "replay", "d-2")
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.startswith("replayed: d-2  pending")
+    listed = json.loads(run(tmp_path, "outbox", "list", "--json").stdout)["entries"]
+    assert f"event_id={listed[1]['event_id']}\n" in human.stdout
+
+
+def test_outbox_list_of_a_missing_outbox_says_so_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    for args in (["outbox", "list"], ["outbox", "replay", "d-1"]):
+        out = run(tmp_path, *args)
+        assert out.returncode == 2
+        assert out.stderr.startswith(
+            f"invalid input: PREVIEWS_OUTBOX_PATH: no outbox at {tmp_path}/outbox.sqlite3"
+        )
+        assert list(tmp_path.iterdir()) == []
+    in_cwd = subprocess.run(
+        [PREVIEWS, "--json", "outbox", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert in_cwd.returncode == 2
+    body = json.loads(in_cwd.stdout)
+    assert (body["status"], body["error"], body["entries"]) == ("failed", "InvalidInputError", [])
+    assert list(tmp_path.iterdir()) == []  # no .state/ appeared
 
 
 def test_outbox_replay_of_an_unknown_or_hostile_id_fails_clearly(tmp_path: Path) -> None:
     fill(tmp_path)
     unknown = run(tmp_path, "outbox", "replay", "nope")
     assert unknown.returncode == 1
-    assert "no delivery nope" in unknown.stderr
+    assert unknown.stderr.startswith("failed: no delivery nope in the outbox")
+    as_json = json.loads(run(tmp_path, "--json", "outbox", "replay", "nope").stdout)
+    assert (as_json["status"], as_json["error"], as_json["entry"]) == ("failed", "NotFoundError", None)
     hostile = run(tmp_path, "outbox", "replay", "--", "-x;rm")
     assert hostile.returncode == 2
     assert "DELIVERY_ID" in hostile.stderr

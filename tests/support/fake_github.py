@@ -273,6 +273,23 @@ class FakeGitHub:
         with self._lock:
             self._pulls[(repository.lower(), number)]["head"]["sha"] = head_sha
 
+    def close_pull(self, repository: str, number: int, *, merged: bool = False) -> None:
+        """The PR closes (``merged`` or not)."""
+        with self._lock:
+            pull = self._pulls[(repository.lower(), number)]
+            pull.update(state="closed", merged=merged, closed_at="2026-01-02T00:00:00Z")
+            pull["merged_at"] = "2026-01-02T00:00:00Z" if merged else None
+
+    def add_status(
+        self, repository: str, sha: str, *, state: str, context: str, updated_at: dt.datetime
+    ) -> None:
+        """A status posted earlier (at ``updated_at``), as if by a run that is gone now."""
+        status = copy.deepcopy(_fixture("examples/status.json"))
+        stamp = updated_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status.update(id=next(self._ids), state=state, context=context, created_at=stamp, updated_at=stamp)
+        with self._lock:
+            self._statuses.setdefault((repository.lower(), sha), []).append(status)
+
     def statuses(self, repository: str, sha: str) -> list[dict[str, Any]]:
         """Every status posted for ``sha``, oldest first."""
         with self._lock:

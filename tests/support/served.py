@@ -43,17 +43,26 @@ def serve_preview_image(
     name: str | None = None,
     timeout: float = 90.0,
     triggers: bool = False,
+    teardown: bool = False,
 ) -> Iterator[str]:
     """Serve ``preview-image`` as deployment ``name`` in a subprocess; yields ``preview-image/<name>``.
 
     With ``triggers`` the deployment carries the event triggers of ``flows/triggers.py``; the deployment and
     its trigger automations are deleted afterwards, so later events of the session start nothing of it.
+    With ``teardown``, ``preview-teardown/<name>`` (without triggers) is served by the same process too.
     """
     name = name or f"test-{uuid.uuid4().hex[:8]}"
     full = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.served", name, *(["--triggers"] if triggers else [])],
+            [
+                sys.executable,
+                "-m",
+                "tests.support.served",
+                name,
+                *(["--triggers"] if triggers else []),
+                *(["--teardown"] if teardown else []),
+            ],
             cwd=ROOT,
             env=full,
             stdout=out,
@@ -68,6 +77,8 @@ def serve_preview_image(
                     raise RuntimeError(f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
                 try:
                     client.read_deployment_by_name(f"preview-image/{name}")
+                    if teardown:
+                        client.read_deployment_by_name(f"preview-teardown/{name}")
                     break
                 except Exception:
                     if time.monotonic() > deadline:
@@ -141,17 +152,21 @@ def task_states(run_id: uuid.UUID) -> dict[str, str]:
 
 
 def main() -> None:
-    """Serve the preview-image flow under the deployment name given on the command line."""
+    """Serve the preview-image flow under the deployment name given on the command line (and with
+    ``--teardown``, the preview-teardown flow under the same name)."""
     from prefect import serve
     from prefect.deployments.runner import RunnerDeployment
 
     from flows.preview_image import preview_image
+    from flows.preview_teardown import preview_teardown
     from flows.triggers import image_trigger, rerun_trigger
 
     triggers = [image_trigger(), rerun_trigger()] if "--triggers" in sys.argv[2:] else None
-    deployment = preview_image.to_deployment(name=sys.argv[1], triggers=triggers)
-    assert isinstance(deployment, RunnerDeployment)
-    serve(deployment, limit=4)
+    deployments = [preview_image.to_deployment(name=sys.argv[1], triggers=triggers)]
+    if "--teardown" in sys.argv[2:]:
+        deployments.append(preview_teardown.to_deployment(name=sys.argv[1]))
+    assert all(isinstance(d, RunnerDeployment) for d in deployments)
+    serve(*deployments, limit=4)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
