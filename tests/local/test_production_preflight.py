@@ -35,7 +35,7 @@ def test_a_missing_redis_server_is_named_with_its_package(tmp_path: Path) -> Non
         timeout=30,
         check=False,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "redis-server is not installed: apt-get install redis-server" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "state").exists()
@@ -57,7 +57,7 @@ def test_production_and_demo_together_are_refused(tmp_path: Path) -> None:
         timeout=30,
         check=False,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "--demo runs on the embedded stack only" in proc.stderr
 
 
