@@ -14,8 +14,10 @@ servers and workers; it takes several minutes per shape on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -205,6 +207,13 @@ def main() -> int:
             with shape() as endpoints:
                 print(f"{name}: {args.deliveries} deliveries over {args.prs} PRs ...", flush=True)
                 columns[name] = burst(endpoints, registry, git, prs=args.prs, deliveries=args.deliveries)
+        client = docker.from_env(timeout=300)
+        for image in client.images.list():  # the flows built on the host engine
+            for ref in image.tags:
+                if ref.startswith(f"{registry.host}/"):
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.images.remove(ref, force=True)
+    shutil.rmtree(WORK, ignore_errors=True)
     print(
         f"machine: {os.cpu_count()} CPUs (shared); pool limit {args.pool_limit}; total {time.monotonic() - started:.0f} s"
     )

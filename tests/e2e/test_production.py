@@ -9,6 +9,7 @@ The last test sends SIGTERM and checks that nothing of the stack is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -136,6 +137,17 @@ def production() -> Iterator[Production]:
         if proc.stdout is not None:
             proc.stdout.close()
         subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pushed_images(registry: Registry, docker_client: docker.DockerClient) -> Iterator[None]:
+    """The flows build on the host engine: remove the images this module's runs left there."""
+    yield
+    for image in docker_client.images.list():
+        for ref in image.tags:
+            if ref.startswith(f"{registry.host}/") and ref.split("/")[1].startswith(("burst-", "crash-")):
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove(ref, force=True)
 
 
 @pytest.fixture(scope="module")
