@@ -327,7 +327,8 @@ def test_a_run_whose_container_dies_is_retried_once_by_the_automation(
     docker_client: docker.DockerClient,
 ) -> None:
     sample = make_sample(remotes_root, f"Crash-{uuid.uuid4().hex[:8]}")
-    head = sample.app.commit({"Dockerfile": f"FROM {BASE_IMAGE}\nRUN sleep 12\n"}, "a slow build")
+    slow = f"FROM {BASE_IMAGE}\nRUN echo {uuid.uuid4().hex} && sleep 12\n"  # never a cached layer
+    head = sample.app.commit({"Dockerfile": slow}, "a slow build")
     configure(production, registry, git_server, sample)
     send(
         production.receiver,
