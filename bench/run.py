@@ -19,6 +19,8 @@ trigger, ``PREFECT_RUNNER_POLL_FREQUENCY=1``) and receiver, then measures:
    checkout's planner) and its target, with the load average when it was measured: ``previews build``
    without a server (a temporary one) and with ``previews up``'s found through its state directory, new
    push -> older run Cancelled (bench/supersede.py), 2,000 deletions on the local registry.
+8. with ``--burst``: a burst of pushes on SQLite/one server/one worker and on the production-shaped stack
+   (bench/burst.py; several minutes per shape, so off by default).
 """
 
 from __future__ import annotations
@@ -250,6 +252,11 @@ def main() -> int:
         default=3,
         help="warm rebuilds per builder (0: skip bench/buildkit.py)",
     )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="also run bench/burst.py (SQLite vs the production-shaped stack; slow, off by default)",
+    )
     args = parser.parse_args()
 
     client = docker.from_env(timeout=300)
@@ -377,6 +384,9 @@ def main() -> int:
     for note in notes:
         print(note)
     print_targets(timings, latencies, stack_load, one_shot, results, plan_s, args)
+    if args.burst:
+        print("burst (bench/burst.py):", flush=True)
+        return subprocess.run([sys.executable, str(HERE / "burst.py")], check=False).returncode
     return 0
 
 

@@ -7,7 +7,8 @@ same set of runs. Within a group:
 - an older in-flight run at another SHA is cancelled, naming the newer SHA;
 - an older in-flight run at the same SHA (a redelivery, a rerun while it builds) makes the newer run a
   duplicate: it ends without building;
-- a newer in-flight run at another SHA makes this run superseded: it stops (it started late).
+- a newer in-flight run at another SHA makes this run superseded: it stops (it started late), and cancels
+  the other runs the newest one outranks (in a burst they are still queued: no container starts for them).
 
 When the PR's real head is known (``head``, read from GitHub), it outranks creation time (issue 13, item 4):
 a run at the head is never cancelled by, nor superseded by, a run at another SHA, however late that run was
@@ -111,8 +112,15 @@ def decide(
     )
     if newer_other:
         newest = newer_other[-1]
+        # The newest run would cancel the others it outranks when it starts; doing it now keeps a burst of
+        # pushes from starting one container per push (issue 16): queued runs end Cancelled at once.
+        behind = tuple(
+            Cancellation(r, superseded_message(newest.head_sha))
+            for r in sorted(group, key=lambda r: r.order)
+            if r.order < newest.order and not newest.same_commit(r) and not r.at(head)
+        )
         return SupersedeDecision(
-            "superseded", superseded_message(newest.head_sha), because_of=newest, cancel=()
+            "superseded", superseded_message(newest.head_sha), because_of=newest, cancel=behind
         )
     cancel = tuple(
         Cancellation(r, superseded_message(me.head_sha))

@@ -326,6 +326,12 @@ def _stop_on_signals() -> None:
 
 def _up(args: argparse.Namespace) -> int:
     problems = preflight(demo_too=args.demo, ports={"--prefect-port": args.prefect_port, "--port": args.port})
+    if args.production:
+        from previews.local import production  # it builds on this module
+
+        problems += production.missing_programs()
+        if args.demo:
+            problems.append("--demo runs on the embedded stack only: drop --demo or --production")
     if problems:
         print("previews up cannot start:", file=sys.stderr)
         for problem in problems:
@@ -340,7 +346,12 @@ def _up(args: argparse.Namespace) -> int:
     _stop_on_signals()
     ready: list[bool] = []
     try:
-        status = _run_up(args, state_dir, on_ready=lambda: ready.append(True))
+        run = _run_up
+        if args.production:
+            from previews.local import production
+
+            run = production.run_up
+        status = run(args, state_dir, on_ready=lambda: ready.append(True))
     except StopRequested as stop:  # a stop once everything ran is the normal end; before, it is not
         status = 0 if ready else 128 + stop.signum
     finally:
@@ -427,5 +438,14 @@ def register(sub: Any) -> None:
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the demo image")
     up.add_argument(
         "--exit-after-demo", action="store_true", help="stop the stack once the demo image exists"
+    )
+    up.add_argument(
+        "--production",
+        action="store_true",
+        help="PostgreSQL, Redis, two Prefect API servers behind HAProxy, Docker workers (README, Scale)",
+    )
+    up.add_argument("--workers", type=int, default=2, help="--production: Docker workers (default 2)")
+    up.add_argument(
+        "--pool-limit", type=int, default=4, help="--production: the pool's concurrency limit (default 4)"
     )
     up.set_defaults(handler=_up)

@@ -47,7 +47,11 @@ def verdict(me: RunRef, others: list[RunRef], now: datetime | None = None) -> tu
         # a newer run at another SHA exists: this one started late and stops
         (run("m", 5, A), [run("n", 6, B)], ("superseded", "n", [])),
         # the newest of several newer runs is named
-        (run("m", 5, A), [run("n1", 6, B), run("n2", 7, C)], ("superseded", "n2", [])),
+        # ... and the runs it outranks are cancelled now, not when it starts (issue 16: a burst of pushes)
+        (run("m", 5, A), [run("n1", 6, B), run("n2", 7, C)], ("superseded", "n2", ["n1"])),
+        (run("m", 5, B), [run("o", 1, A), run("n", 6, C)], ("superseded", "n", ["o"])),
+        # an older run at the newest run's SHA is left alone: the newest will be its duplicate
+        (run("m", 5, B), [run("o", 1, C), run("n", 6, C)], ("superseded", "n", [])),
         # a newer run at the same SHA: it will be the duplicate, not us
         (run("m", 5, A), [run("n", 6, A)], ("proceed", "", [])),
         # other PRs and other repositories are untouched

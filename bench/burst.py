@@ -1,0 +1,232 @@
+"""A burst of pushes, side by side: SQLite / one server / one worker against ``previews up --production``.
+
+    python bench/burst.py [--prs 12] [--deliveries 40] [--only single|production]
+
+Both shapes run the same deployments on the same Docker pool (prefect.yaml, the runner image, pool
+concurrency limit ``--pool-limit``) with the same crash-retry automation; the burst is the one of
+tests/e2e/test_production.py (1-6 pushes per PR, shuffled across PRs, 0-250 ms apart). Printed per shape:
+time from the first delivery to the last image (the last final head's run Completed), builds executed
+(runs whose ``build`` task completed) against PRs, the p50/p99 of delivery accepted (202) -> run Running, and
+the load average while it ran. It starts and stops (by PID) its own registry, git server, PostgreSQL, Redis,
+servers and workers; it takes several minutes per shape on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = Path(tempfile.mkdtemp(prefix="previews-bench-burst-"))
+WORK.chmod(0o755)  # PostgreSQL's user must reach its data directory below
+os.environ["PREFECT_HOME"] = str(WORK / "bench-client")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+import docker  # noqa: E402
+from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from blocks import PreviewsConfig, PreviewsCredentials  # noqa: E402
+from previews.local import production  # noqa: E402
+from previews.local.stack import Stack, _bin, _wait_http  # noqa: E402
+from tests.support.burst import (  # noqa: E402
+    builds_executed,
+    finals,
+    plan_burst,
+    running_intervals,
+    send,
+    states_of,
+    wait_all_final,
+)
+from tests.support.git_http import GitHttpServer, run_git_http  # noqa: E402
+from tests.support.sample import make_sample  # noqa: E402
+from tests.support.services import Registry, ensure_base_image, free_port, run_registry  # noqa: E402
+
+SECRET = "bench-burst-webhook-secret"
+GIT_TOKEN = "bench-burst-git-token"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    api: str
+    receiver: str
+
+
+@contextmanager
+def single(pool_limit: int) -> Iterator[Endpoints]:
+    """One ``prefect server start`` on SQLite (services included), one Docker worker, the receiver."""
+    root = WORK / "single"
+    root.mkdir()
+    stack = Stack(root)
+    port, receiver_port = free_port(), free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        env = {**production.client_environment(root, api, "server"), "PREFECT_SERVER_UI_ENABLED": "false"}
+        argv = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        proc, log = stack.start("prefect-server", argv, env, grace=5)
+        _wait_http(f"{api}/health", proc, log, timeout=240)
+        production.prepare_pool(api, production.client_environment(root, api, "deploy"), limit=pool_limit)
+        production.install_retry_automation(api)
+        production.start_workers(stack, root, api, 1)
+        yield _receiver(stack, root, api, receiver_port)
+    finally:
+        stack.stop()
+
+
+def _receiver(stack: Stack, root: Path, api: str, port: int) -> Endpoints:
+    env = {
+        **production.client_environment(root, api, "receiver"),
+        "PREVIEWS_WEBHOOK_SECRET": SECRET,
+        "PREVIEWS_OUTBOX_PATH": str(root / "outbox.sqlite3"),
+    }
+    argv = [_bin("previews"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc, log = stack.start("receiver", argv, env, grace=3, tier=3)
+    _wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout=60)
+    return Endpoints(api, f"http://127.0.0.1:{port}/webhooks/github")
+
+
+@contextmanager
+def production_shaped(pool_limit: int, workers: int) -> Iterator[Endpoints]:
+    """``previews up --production``'s stack (PostgreSQL, Redis, 2 API servers, HAProxy, ``workers``)."""
+    ports = production.Ports(
+        postgres=free_port(),
+        redis=free_port(),
+        servers=(free_port(), free_port()),
+        api=free_port(),
+        receiver=free_port(),
+    )
+    with production.run_production(
+        state_dir=WORK,
+        ports=ports,
+        workers=workers,
+        pool_limit=pool_limit,
+        receiver_env={"PREVIEWS_WEBHOOK_SECRET": SECRET},
+    ) as running:
+        yield Endpoints(running.api, running.receiver)
+
+
+def burst(
+    endpoints: Endpoints, registry: Registry, git: GitHttpServer, *, prs: int, deliveries: int
+) -> dict[str, str]:
+    """Send the burst, wait for every run to end, and measure."""
+    sample = make_sample(WORK / "remotes", f"Bench-{uuid.uuid4().hex[:8]}")
+    with temporary_settings({PREFECT_API_URL: endpoints.api}):
+        PreviewsCredentials(
+            registry_username=registry.username,
+            registry_token=SecretStr(registry.password),
+            git_token=SecretStr(GIT_TOKEN),
+        ).save("previews", overwrite=True)
+        PreviewsConfig(
+            registry=registry.host,
+            git_url_template=git.url_template(),
+            siblings=sample.siblings,
+            build_context="..",
+            dockerfile="Dockerfile",
+        ).save("previews", overwrite=True)
+    pushes = plan_burst(sample, prs=prs, deliveries=deliveries, seed=2026)
+    rng = random.Random(2026)
+    accepted: dict[str, float] = {}
+    load_before = os.getloadavg()[0]
+    for push in pushes:
+        accepted[push.delivery] = send(
+            endpoints.receiver, SECRET, sample.app.repository, push, sample.head_sha
+        )
+        time.sleep(rng.uniform(0.0, 0.25))
+    first = min(accepted.values())
+    runs = wait_all_final(endpoints.api, sample.app.repository, len(pushes), timeout=3600)
+    load_after = os.getloadavg()[0]
+    final_runs = [
+        r for r in runs if finals(pushes).get(r["parameters"]["pr_number"]) == r["parameters"]["head_sha"]
+    ]
+    last_image = max(
+        datetime.fromisoformat(states_of(endpoints.api, r["id"])[-1]["timestamp"]).timestamp()
+        for r in final_runs
+    )
+    intervals = running_intervals(endpoints.api, runs)
+    waits = sorted(
+        spans[0][0].timestamp() - accepted[r["parameters"]["delivery"]]
+        for r in runs
+        if (spans := intervals.get(r["id"]))
+    )
+    image = sample.app.repository.lower()
+    completed = sum(r["state"]["type"] == "COMPLETED" for r in final_runs)
+    return {
+        "first delivery -> last image": f"{last_image - first:.0f} s",
+        "builds executed / PRs": f"{builds_executed(endpoints.api, runs)} / {prs}",
+        "final heads pushed": f"{len(registry.tags(image))} tags, {completed} final runs Completed",
+        "runs Cancelled": f"{sum(r['state']['type'] == 'CANCELLED' for r in runs)} of {len(runs)}",
+        "accepted -> Running p50": f"{pct(waits, 0.5):.1f} s ({len(waits)} runs reached Running)",
+        "accepted -> Running p99": f"{pct(waits, 0.99):.1f} s",
+        "load average (1 min) before/after": f"{load_before:.1f} / {load_after:.1f}",
+    }
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prs", type=int, default=12)
+    parser.add_argument("--deliveries", type=int, default=40)
+    parser.add_argument("--pool-limit", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="workers of the production-shaped stack")
+    parser.add_argument("--only", choices=("single", "production"), help="measure one shape only")
+    args = parser.parse_args()
+    ensure_base_image(docker.from_env(timeout=300))
+    shapes = {
+        "SQLite, 1 server, 1 worker": lambda: single(args.pool_limit),
+        f"PostgreSQL+Redis, 2 API servers, {args.workers} workers": lambda: production_shaped(
+            args.pool_limit, args.workers
+        ),
+    }
+    if args.only:
+        shapes = {k: v for k, v in shapes.items() if (args.only == "single") == k.startswith("SQLite")}
+    columns: dict[str, dict[str, str]] = {}
+    started = time.monotonic()
+    with run_registry(WORK / "registry") as registry, run_git_http(WORK / "remotes", GIT_TOKEN) as git:
+        for name, shape in shapes.items():
+            print(f"{name}: starting ...", flush=True)
+            with shape() as endpoints:
+                print(f"{name}: {args.deliveries} deliveries over {args.prs} PRs ...", flush=True)
+                columns[name] = burst(endpoints, registry, git, prs=args.prs, deliveries=args.deliveries)
+        client = docker.from_env(timeout=300)
+        for image in client.images.list():  # the flows built on the host engine
+            for ref in image.tags:
+                if ref.startswith(f"{registry.host}/"):
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.images.remove(ref, force=True)
+    shutil.rmtree(WORK, ignore_errors=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs (shared); pool limit {args.pool_limit}; total {time.monotonic() - started:.0f} s"
+    )
+    names = list(columns)
+    rows = list(next(iter(columns.values())))
+    widths = [max(len(r) for r in rows)] + [max(len(n), *(len(columns[n][r]) for r in rows)) for n in names]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(["burst", *names], widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        cells = [row, *(columns[n][row] for n in names)]
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
