@@ -9,13 +9,11 @@ records mean (trigger, liveness) is :mod:`previews.core.history`. API failures b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Self
 from uuid import UUID
 
-import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -30,24 +28,11 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from previews.core.history import RunRecord, trigger_of
 from previews.core.names import parse_pr_number, parse_sha
-from previews.errors import PrefectError, TransientPrefectError, ValidationError
+from previews.errors import ValidationError
+from previews.prefect_errors import translated
 
 IMAGE_FLOW, TEARDOWN_FLOW = "preview-image", "preview-teardown"
 _PAGE = 200
-
-
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except httpx.HTTPStatusError as exc:
-        status = exc.response.status_code
-        text = f"Prefect API {what}: {status}"
-        if status == 429 or status >= 500:
-            raise TransientPrefectError(text, status=status) from exc
-        raise PrefectError(text, status=status) from exc
-    except httpx.TransportError as exc:
-        raise TransientPrefectError(f"Prefect API {what}: {type(exc).__name__}") from exc
 
 
 def _record(run: FlowRun, flow: str) -> RunRecord | None:
@@ -92,7 +77,7 @@ class RunHistory:
         self._client = client
 
     def __enter__(self) -> Self:
-        with _translated("connect"):
+        with translated("connect"):
             self._client.__enter__()
         return self
 
@@ -102,11 +87,11 @@ class RunHistory:
     def runs(self, repository: str, pr_number: int | None, *, scan: int) -> list[RunRecord]:
         """The newest ``scan`` runs of both flows that belong to ``repository`` (and ``pr_number``)."""
         flows = FlowFilter(name=FlowFilterName(any_=[IMAGE_FLOW, TEARDOWN_FLOW]))
-        with _translated("read flows"):
+        with translated("read flows"):
             names = {flow.id: flow.name for flow in self._client.read_flows(flow_filter=flows)}
         found: list[RunRecord] = []
         for offset in range(0, scan, _PAGE):
-            with _translated("read flow runs"):
+            with translated("read flow runs"):
                 page = self._client.read_flow_runs(
                     flow_filter=flows,
                     sort=FlowRunSort.EXPECTED_START_TIME_DESC,
@@ -129,7 +114,7 @@ class RunHistory:
         found: dict[str, str] = {}
         for start in range(0, len(run_ids), _PAGE):
             ids = [UUID(i) for i in run_ids[start : start + _PAGE]]
-            with _translated("read artifacts"):
+            with translated("read artifacts"):
                 artifacts = self._client.read_artifacts(
                     artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)),
                     limit=_PAGE,
@@ -145,7 +130,7 @@ class RunHistory:
         for start in range(0, len(run_ids), 50):
             ids = [UUID(i) for i in run_ids[start : start + 50]]
             for offset in range(0, 10 * _PAGE, _PAGE):
-                with _translated("read task runs"):
+                with translated("read task runs"):
                     page = self._client.read_task_runs(
                         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
                         limit=_PAGE,

@@ -13,14 +13,12 @@ pure; this module reads and writes flow runs only. Prefect API failures become :
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 from uuid import UUID
 
-import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -35,14 +33,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Cancelling
 
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.core.reconcile import FinishedRun, PreviewMark, TeardownMark
 from previews.core.supersede import Cancellation, RunRef, SupersedeDecision, decide
-from previews.errors import PrefectError, TransientPrefectError, ValidationError
+from previews.errors import TransientPrefectError, ValidationError
+from previews.prefect_errors import translated
 
 IN_FLIGHT = (
     StateType.SCHEDULED,
@@ -120,22 +118,6 @@ def flow_run_url(ui_url: str | None) -> str | None:
     return str(url) if url else None
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except ObjectNotFound as exc:
-        raise PrefectError(f"Prefect API {what}: not found") from exc
-    except httpx.HTTPStatusError as exc:
-        status = exc.response.status_code
-        text = f"Prefect API {what}: {status}"
-        if status == 429 or status >= 500:
-            raise TransientPrefectError(text, status=status) from exc
-        raise PrefectError(text, status=status) from exc
-    except httpx.TransportError as exc:
-        raise TransientPrefectError(f"Prefect API {what}: {type(exc).__name__}") from exc
-
-
 class PrefectRuns:
     """Flow runs of this Prefect API, through one sync client (enter it before use, or call :meth:`close`)."""
 
@@ -144,7 +126,7 @@ class PrefectRuns:
         self._page = page_size
 
     def __enter__(self) -> Self:
-        with _translated("connect"):
+        with translated("connect"):
             self._client.__enter__()
         return self
 
@@ -174,7 +156,7 @@ class PrefectRuns:
         runs: list[FlowRun] = []
         states = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT))))
         while True:
-            with _translated("read flow runs"):
+            with translated("read flow runs"):
                 page = self._client.read_flow_runs(
                     flow_filter=flows, flow_run_filter=states, limit=self._page, offset=len(runs)
                 )
@@ -199,7 +181,7 @@ class PrefectRuns:
         When this run is itself Cancelling or Cancelled (someone else superseded it meanwhile), the verdict is
         ``superseded`` with the state's message as the reason.
         """
-        with _translated("read flow run"):
+        with translated("read flow run"):
             me_run = self._client.read_flow_run(run_id)
         if me_run.state is not None and me_run.state.type in ENDING:
             return Supersession(SupersedeDecision("superseded", me_run.state.message or "cancelled"))
@@ -222,7 +204,7 @@ class PrefectRuns:
     def _tag(self, run: FlowRun, tags: Sequence[str]) -> None:
         wanted = [*run.tags, *(t for t in tags if t not in run.tags)]
         if wanted != list(run.tags):
-            with _translated("tag flow run"):
+            with translated("tag flow run"):
                 self._client.update_flow_run(run.id, tags=wanted)
 
     def _cancel(self, cancellation: Cancellation, run: FlowRun) -> CancelledRun:
@@ -230,7 +212,7 @@ class PrefectRuns:
         queued = state is not None and state.type == StateType.SCHEDULED and state.name != "AwaitingRetry"
         # A run still queued has no process to stop: Cancelled at once (Cancelling would never end).
         proposed = Cancelled if queued else Cancelling
-        with _translated("cancel flow run"):
+        with translated("cancel flow run"):
             result: Any = self._client.set_flow_run_state(run.id, proposed(message=cancellation.message))
         answer = f"{state.name if state else '?'} -> {proposed.__name__} {result.status.value}"
         accepted = result.status.value == "ACCEPT"
@@ -249,12 +231,12 @@ class PrefectRuns:
         deadline = time.monotonic() + timeout
         while waiting:
             for run_id, wanted in list(waiting.items()):
-                with _translated("read flow run"):
+                with translated("read flow run"):
                     state = self._client.read_flow_run(UUID(run_id)).state
                 if state is not None and state.is_final():
                     del waiting[run_id]
                     if state.type == StateType.CANCELLED and state.message != wanted.message:
-                        with _translated("name the final state of a superseded run"):
+                        with translated("name the final state of a superseded run"):
                             self._client.set_flow_run_state(
                                 UUID(run_id), Cancelled(message=wanted.message), force=True
                             )
@@ -271,17 +253,17 @@ class PrefectRuns:
     ) -> StartedRun:
         """A run of ``deployment`` (``flow/deployment``) with ``parameters``, unless ``idempotency_key`` already
         started one (then that run, ``fresh`` False): two callers with one key get one run."""
-        with _translated(f"read deployment {deployment}"):
+        with translated(f"read deployment {deployment}"):
             found = self._client.read_deployment_by_name(deployment)
         keyed = FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[found.id]),
             idempotency_key=FlowRunFilterIdempotencyKey(any_=[idempotency_key]),
         )
-        with _translated("read flow runs"):
+        with translated("read flow runs"):
             earlier = self._client.read_flow_runs(flow_run_filter=keyed, limit=1)
         if earlier:
             return _started(earlier[0], fresh=False)
-        with _translated(f"create a run of {deployment}"):
+        with translated(f"create a run of {deployment}"):
             run = self._client.create_flow_run_from_deployment(
                 found.id, parameters=parameters, idempotency_key=idempotency_key, tags=list(tags)
             )
@@ -298,7 +280,7 @@ class PrefectRuns:
             tags=FlowRunFilterTags(all_=tags) if tags else None,
         )
         while True:
-            with _translated("read flow runs"):
+            with translated("read flow runs"):
                 page = self._client.read_flow_runs(
                     flow_filter=flows, flow_run_filter=wanted, limit=_PAGE, offset=len(runs)
                 )
@@ -335,7 +317,7 @@ class PrefectRuns:
 
     def mark(self, run_id: UUID, tags: Sequence[str]) -> None:
         """Add ``tags`` to a flow run (kept with its other tags)."""
-        with _translated("read flow run"):
+        with translated("read flow run"):
             run = self._client.read_flow_run(run_id)
         self._tag(run, tags)
 

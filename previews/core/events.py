@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from previews.core.forks import is_fork
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
@@ -229,9 +229,25 @@ def format_occurred(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def prefect_event(
-    event: PullRequestEvent, *, occurred: datetime | None = None, replay: int = 0
-) -> dict[str, Any]:
+class EventSource(Protocol):
+    """What :func:`prefect_event` reads of a validated GitHub event (a PR event or a check re-run)."""
+
+    @property
+    def delivery(self) -> str: ...
+    @property
+    def event_name(self) -> str: ...
+    @property
+    def resource_id(self) -> str: ...
+    @property
+    def repository(self) -> str: ...
+    @property
+    def number(self) -> int: ...
+    @property
+    def head_sha(self) -> str: ...
+    def payload(self) -> dict[str, Any]: ...
+
+
+def prefect_event(event: EventSource, *, occurred: datetime | None = None, replay: int = 0) -> dict[str, Any]:
     """The JSON body item for Prefect's ``POST /api/events`` (resource label values are all strings)."""
     return {
         "id": str(event_id(event.delivery, replay=replay)),

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
-from previews.core.events import RESOURCE_PREFIX, event_id, format_occurred, parse_delivery_id
+from previews.core.events import RESOURCE_PREFIX, parse_delivery_id, prefect_event
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.errors import ValidationError
 
@@ -143,16 +143,4 @@ def parse_rerequest(
 
 def rerequest_prefect_event(event: RerequestEvent, *, occurred: datetime | None = None) -> dict[str, Any]:
     """The JSON body item for Prefect's ``POST /api/events`` (id from the delivery GUID, like a PR event)."""
-    return {
-        "id": str(event_id(event.delivery)),
-        "occurred": format_occurred(occurred or datetime.now(UTC)),
-        "event": event.event_name,
-        "resource": {
-            "prefect.resource.id": event.resource_id,
-            "github.repository": event.repository,
-            "github.pull-request.number": str(event.number),
-            "github.sha": event.head_sha,
-        },
-        "related": [],
-        "payload": event.payload(),
-    }
+    return prefect_event(event, occurred=occurred)
