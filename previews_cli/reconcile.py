@@ -70,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
     settings = common.settings()
     Wiring(settings).reconcile_github()[1].close()  # no repository or no GitHub credentials: exit 2
-    common.require_prefect(settings)
+    if common.require_prefect(settings) is None:
+        raise common.InvalidInputError(
+            "PREFECT_API_URL",
+            "not set; `previews reconcile` compares GitHub with the runs of a Prefect server "
+            "(the one the deployments live on)",
+        )
     with Wiring(settings).prefect_runs() as runs:
         runs.ping()
     flow = preview_reconcile.over(partial(load_wiring, settings))
