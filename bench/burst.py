@@ -36,10 +36,7 @@ os.environ["PREFECT_HOME"] = str(WORK / "bench-client")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 import docker  # noqa: E402
-from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
 
-from blocks import PreviewsConfig, PreviewsCredentials  # noqa: E402
 from previews.local import production  # noqa: E402
 from previews.local.stack import Stack, _bin, _wait_http  # noqa: E402
 from tests.support.burst import (  # noqa: E402
@@ -47,6 +44,7 @@ from tests.support.burst import (  # noqa: E402
     finals,
     plan_burst,
     running_intervals,
+    save_blocks,
     send,
     states_of,
     wait_all_final,
@@ -123,19 +121,7 @@ def burst(
 ) -> dict[str, str]:
     """Send the burst, wait for every run to end, and measure."""
     sample = make_sample(WORK / "remotes", f"Bench-{uuid.uuid4().hex[:8]}")
-    with temporary_settings({PREFECT_API_URL: endpoints.api}):
-        PreviewsCredentials(
-            registry_username=registry.username,
-            registry_token=SecretStr(registry.password),
-            git_token=SecretStr(GIT_TOKEN),
-        ).save("previews", overwrite=True)
-        PreviewsConfig(
-            registry=registry.host,
-            git_url_template=git.url_template(),
-            siblings=sample.siblings,
-            build_context="..",
-            dockerfile="Dockerfile",
-        ).save("previews", overwrite=True)
+    save_blocks(endpoints.api, registry, git.url_template(), GIT_TOKEN, sample)
     pushes = plan_burst(sample, prs=prs, deliveries=deliveries, seed=2026)
     rng = random.Random(2026)
     accepted: dict[str, float] = {}

@@ -27,10 +27,7 @@ from typing import Any
 import docker
 import httpx
 import pytest
-from prefect.settings import PREFECT_API_URL, temporary_settings
-from pydantic import SecretStr
 
-from blocks import PreviewsConfig, PreviewsCredentials
 from previews.ingress.outbox import Outbox
 from previews.local import processes
 from tests.support.burst import (
@@ -41,6 +38,7 @@ from tests.support.burst import (
     plan_burst,
     running_intervals,
     runs_of,
+    save_blocks,
     send,
     states_of,
     wait_all_final,
@@ -171,19 +169,7 @@ def configure(
     production: Production, registry: Registry, git_server: GitHttpServer, sample: SampleProject
 ) -> None:
     """The ``previews`` blocks on the production stack's API."""
-    with temporary_settings({PREFECT_API_URL: production.api}):
-        PreviewsCredentials(
-            registry_username=registry.username,
-            registry_token=SecretStr(registry.password),
-            git_token=SecretStr(GIT_TOKEN),
-        ).save("previews", overwrite=True)
-        PreviewsConfig(
-            registry=registry.host,
-            git_url_template=git_server.url_template(),
-            siblings=sample.siblings,
-            build_context="..",
-            dockerfile="Dockerfile",
-        ).save("previews", overwrite=True)
+    save_blocks(production.api, registry, git_server.url_template(), GIT_TOKEN, sample)
 
 
 def check_burst(

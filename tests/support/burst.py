@@ -15,8 +15,12 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import SecretStr
 
+from blocks import PreviewsConfig, PreviewsCredentials
 from tests.support.sample import SampleProject
+from tests.support.services import Registry
 from tests.support.webhooks import headers, synchronize_payload
 
 FINAL = ("COMPLETED", "CANCELLED", "FAILED", "CRASHED")
@@ -152,3 +156,22 @@ def builds_executed(api: str, runs: list[dict[str, Any]]) -> int:
         ).json()
         built += len({t["flow_run_id"] for t in tasks if t["name"].startswith("build-")})
     return built
+
+
+def save_blocks(
+    api: str, registry: Registry, git_url_template: str, git_token: str, sample: SampleProject
+) -> None:
+    """The ``previews`` credentials and config blocks on the Prefect API at ``api``, for ``sample``."""
+    with temporary_settings({PREFECT_API_URL: api}):
+        PreviewsCredentials(
+            registry_username=registry.username,
+            registry_token=SecretStr(registry.password),
+            git_token=SecretStr(git_token),
+        ).save("previews", overwrite=True)
+        PreviewsConfig(
+            registry=registry.host,
+            git_url_template=git_url_template,
+            siblings=sample.siblings,
+            build_context="..",
+            dockerfile="Dockerfile",
+        ).save("previews", overwrite=True)
