@@ -7,7 +7,8 @@ atomically, and a run that finds none waits in Scheduled (``AwaitingConcurrencyS
 Several deployments can point at one global concurrency limit, so the pool's deployments that have no limit
 of their own share ``<pool>-pool``: with it, the pool limit holds whatever the number of workers.
 Deployments with their own limit (``preview-cleanup`` and ``preview-reconcile``: one at a time) keep it.
-``prefect deploy`` clears a deployment's limit, so the cap is set again after every deploy.
+``prefect deploy`` deletes a redeployed deployment's limit, here the shared one (the whole pool loses its
+cap), so the cap is set again after every deploy.
 """
 
 from __future__ import annotations

@@ -89,6 +89,24 @@ def test_the_pool_limit_is_shared_by_the_deployments_without_their_own(pool: dic
         assert client.read_work_pool(pool["pool"]).concurrency_limit == 5
 
 
+def test_a_redeploy_removes_the_cap_and_the_command_puts_it_back(pool: dict[str, str]) -> None:
+    assert pool_limit("2", "--pool", pool["pool"])[0] == 0
+    with get_client(sync_client=True) as client:
+        # What `prefect deploy` sends for a deployment without a limit: Prefect deletes the deployment's limit,
+        # which here is the shared one, so every deployment of the pool loses it.
+        deployment = client.read_deployment(pool["builds"])
+        client.create_deployment(flow_id=deployment.flow_id, name="builds", work_pool_name=pool["pool"])
+        assert client.read_deployment(pool["teardowns"]).global_concurrency_limit is None
+    code, body = pool_limit("2", "--pool", pool["pool"])
+    assert (code, body["capped_deployments"]) == (0, ["builds", "teardowns"])
+    with get_client(sync_client=True) as client:
+        cap = client.read_global_concurrency_limit_by_name(f"{pool['pool']}-pool")
+        for name in ("builds", "teardowns"):
+            shared = client.read_deployment(pool[name]).global_concurrency_limit
+            assert shared is not None
+            assert shared.id == cap.id
+
+
 def test_runs_proposed_pending_at_once_get_exactly_the_limits_slots(pool: dict[str, str]) -> None:
     assert pool_limit("3", "--pool", pool["pool"])[0] == 0
     with get_client(sync_client=True) as client:
