@@ -37,7 +37,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 import docker  # noqa: E402
 
-from previews.local import production  # noqa: E402
+from previews.local import processes, production  # noqa: E402
 from previews.local.stack import Stack, _bin, _wait_http  # noqa: E402
 from tests.support.burst import (  # noqa: E402
     builds_executed,
@@ -61,6 +61,11 @@ GIT_TOKEN = "bench-burst-git-token"
 class Endpoints:
     api: str
     receiver: str
+    parts: dict[str, int]  # the stack's long-lived processes by name: their CPU time is measured
+
+
+def parts_of(stack: Stack) -> dict[str, int]:
+    return {part.name: part.proc.pid for part in stack.parts}
 
 
 @contextmanager
@@ -83,12 +88,13 @@ def single(pool_limit: int) -> Iterator[Endpoints]:
         production.prepare_pool(api, production.client_environment(root, api, "deploy"), limit=pool_limit)
         production.install_retry_automation(api)
         production.start_workers(stack, root, api, 1)
-        yield _receiver(stack, root, api, receiver_port)
+        receiver = _receiver(stack, root, api, receiver_port)
+        yield Endpoints(api, receiver, parts_of(stack))
     finally:
         stack.stop()
 
 
-def _receiver(stack: Stack, root: Path, api: str, port: int) -> Endpoints:
+def _receiver(stack: Stack, root: Path, api: str, port: int) -> str:
     env = {
         **production.client_environment(root, api, "receiver"),
         "PREVIEWS_WEBHOOK_SECRET": SECRET,
@@ -97,7 +103,7 @@ def _receiver(stack: Stack, root: Path, api: str, port: int) -> Endpoints:
     argv = [_bin("previews"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc, log = stack.start("receiver", argv, env, grace=3, tier=3)
     _wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout=60)
-    return Endpoints(api, f"http://127.0.0.1:{port}/webhooks/github")
+    return f"http://127.0.0.1:{port}/webhooks/github"
 
 
 @contextmanager
@@ -117,7 +123,7 @@ def production_shaped(pool_limit: int, workers: int) -> Iterator[Endpoints]:
         pool_limit=pool_limit,
         receiver_env={"PREVIEWS_WEBHOOK_SECRET": SECRET},
     ) as running:
-        yield Endpoints(running.api, running.receiver)
+        yield Endpoints(running.api, running.receiver, parts_of(running.stack))
 
 
 def burst(
@@ -130,6 +136,8 @@ def burst(
     rng = random.Random(2026)
     accepted: dict[str, float] = {}
     load_before = os.getloadavg()[0]
+    cpu_before = {name: processes.cpu_seconds(pid) for name, pid in endpoints.parts.items()}
+    busy_before = busy_seconds()
     for push in pushes:
         accepted[push.delivery] = send(
             endpoints.receiver, SECRET, sample.app.repository, push, sample.head_sha
@@ -138,6 +146,8 @@ def burst(
     first = min(accepted.values())
     runs = wait_all_final(endpoints.api, sample.app.repository, len(pushes), timeout=3600)
     load_after = os.getloadavg()[0]
+    cpu = {n: processes.cpu_seconds(pid) - cpu_before[n] for n, pid in endpoints.parts.items()}
+    burst_s = time.time() - first
     final_runs = [
         r for r in runs if finals(pushes).get(r["parameters"]["pr_number"]) == r["parameters"]["head_sha"]
     ]
@@ -161,7 +171,18 @@ def burst(
         "accepted -> Running p50": f"{pct(waits, 0.5):.1f} s ({len(waits)} runs reached Running)",
         "accepted -> Running p99": f"{pct(waits, 0.99):.1f} s",
         "load average (1 min) before/after": f"{load_before:.1f} / {load_after:.1f}",
+        "CPU-s of the stack's processes": ", ".join(
+            f"{name} {seconds:.0f} ({100 * seconds / burst_s:.0f}%)"
+            for name, seconds in sorted(cpu.items(), key=lambda item: -item[1])
+        ),
+        "CPU-s of the whole machine (flow containers, builds, the rest)": f"{busy_seconds() - busy_before:.0f}",
     }
+
+
+def busy_seconds() -> float:
+    """CPU time the machine spent on anything but idle and I/O wait since boot (``/proc/stat``)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:

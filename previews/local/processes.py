@@ -30,6 +30,21 @@ def become_subreaper() -> bool:
         return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its tree: its own and its reaped children's, plus its live descendants' own."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def used(one: int, *, reaped: bool) -> int:
+        try:
+            text = (_PROC / str(one) / "stat").read_text()
+        except OSError:
+            return 0
+        fields = text[text.rindex(")") + 2 :].split()  # utime, stime, cutime, cstime are fields 14-17
+        return sum(int(f) for f in fields[11 : 15 if reaped else 13])
+
+    return (used(pid, reaped=True) + sum(used(d, reaped=False) for d in descendants(pid))) / ticks
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, parent PID) of a process, or None when it is gone."""
     try:
