@@ -211,8 +211,14 @@ class PrefectRuns:
 
     def _cancel(self, cancellation: Cancellation, run: FlowRun) -> CancelledRun:
         state = run.state
-        queued = state is not None and state.type == StateType.SCHEDULED and state.name != "AwaitingRetry"
-        # A run still queued has no process to stop: Cancelled at once (Cancelling would never end).
+        # A run still queued has no process to stop: Cancelled at once (Cancelling would never end). An
+        # AwaitingRetry run may have one, unless no container was recorded (a stranded run reconcile
+        # rescheduled): Prefect would turn Cancelling into a bare Cancelled then, losing the message.
+        queued = (
+            state is not None
+            and state.type == StateType.SCHEDULED
+            and (state.name != RESCHEDULED_STATE or not run.infrastructure_pid)
+        )
         proposed = Cancelled if queued else Cancelling
         with translated("cancel flow run"):
             result: Any = self._client.set_flow_run_state(run.id, proposed(message=cancellation.message))

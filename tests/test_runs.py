@@ -168,3 +168,17 @@ def test_reschedule_leaves_a_run_that_moved_since_it_was_read(runs: PrefectRuns,
     assert done.answer.startswith("left alone: it moved since it was read (now ")
     assert state is not None
     assert state.type == (StateType.RUNNING if moved == "started" else StateType.PENDING)
+
+
+def test_a_rescheduled_stranded_run_superseded_ends_cancelled_with_the_reason(runs: PrefectRuns) -> None:
+    repo = f"acme/resched-sup-{uuid.uuid4().hex[:6]}"
+    old = start(6, A, Pending(), repo)
+    assert runs.reschedule(Stranded(pending_now(runs, old), 400, stranded_message(400))).done
+    me = start(6, B, Running(), repo)
+    done = runs.supersede(me, stale_after=timedelta(hours=1))
+    assert [(c.run.id, c.proposed, c.accepted) for c in done.cancelled] == [(str(old), "Cancelled", True)]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(old).state
+    assert state is not None
+    assert state.type == StateType.CANCELLED
+    assert state.message == done.cancelled[0].message
