@@ -1,6 +1,12 @@
 """The ``preview-reconcile`` flow: build what a missed webhook left unbuilt, tear down what a missed close left up.
 
-Tasks: read-runs (Prefect: preview-image runs in flight or ended, previews created, teardowns) -> read-github
+First, with Prefect alone: read-pending -> reschedule-stranded (skipped on a dry run): a preview-image or
+preview-teardown run Pending for longer than ``PREVIEWS_STRANDED_PENDING_SECONDS`` with no container (its
+worker died between claiming it and starting it, :mod:`previews.core.stranded`) goes back to Scheduled. That
+step runs without GitHub settings too; the GitHub part then stops at once (``stopped_by`` ``config``, the run
+Failed naming the missing setting, as before).
+
+Then tasks: read-runs (Prefect: preview-image runs in flight or ended, previews created, teardowns) -> read-github
 (one per repository: open PRs, our status on each head no run is known for, the state of each PR that has a
 preview but is no longer listed open) -> plan-reconcile (pure, :mod:`previews.core.reconcile`) -> start-runs
 (skipped on a dry run). The report (every PR with its decision and reason, the runs started and the GitHub
