@@ -1,6 +1,6 @@
 """A burst of pushes, side by side: SQLite / one server / one worker against ``previews up --production``.
 
-    python bench/burst.py [--prs 12] [--deliveries 40] [--only single|production]
+    python bench/burst.py [--prs 30] [--deliveries 100] [--only single|production]
 
 Both shapes run the same deployments on the same Docker pool (prefect.yaml, the runner image, pool
 concurrency limit ``--pool-limit``) with the same crash-retry automation; the burst is the one of
@@ -72,7 +72,11 @@ def single(pool_limit: int) -> Iterator[Endpoints]:
     port, receiver_port = free_port(), free_port()
     api = f"http://127.0.0.1:{port}/api"
     try:
-        env = {**production.client_environment(root, api, "server"), "PREFECT_SERVER_UI_ENABLED": "false"}
+        env = {
+            **production.client_environment(root, api, "server"),
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": str(production.SLOT_WAIT_SECONDS),
+        }
         argv = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         proc, log = stack.start("prefect-server", argv, env, grace=5)
         _wait_http(f"{api}/health", proc, log, timeout=240)
@@ -170,8 +174,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prs", type=int, default=12)
-    parser.add_argument("--deliveries", type=int, default=40)
+    parser.add_argument("--prs", type=int, default=30)
+    parser.add_argument("--deliveries", type=int, default=100)
     parser.add_argument("--pool-limit", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="workers of the production-shaped stack")
     parser.add_argument("--only", choices=("single", "production"), help="measure one shape only")
