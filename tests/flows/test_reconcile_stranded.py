@@ -170,6 +170,42 @@ def test_without_github_settings_stranded_runs_are_still_rescheduled(
     assert state.type == StateType.SCHEDULED
 
 
+def test_a_stranded_run_gives_back_its_slot_of_a_hard_cap(prefect_server: str) -> None:
+    """With a deployment concurrency limit (the production stack's hard cap), a stranded run holds a slot that
+    Prefect frees only when its lease expires (5 min by default); rescheduling it frees the slot now."""
+    name = f"stranded-capped-{uuid.uuid4().hex[:8]}"
+    deployment_id = preview_image.to_deployment(name=name, concurrency_limit=1).apply()
+    deployment = f"preview-image/{name}"
+    try:
+        stranded = strand(deployment, image_params())
+        assert active_slots(deployment_id) == 1
+        with get_client(sync_client=True) as client:
+            later = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1))
+            waiting = client.create_flow_run_from_deployment(
+                deployment_id, parameters=image_params(), state=later
+            )
+            refused = client.set_flow_run_state(waiting.id, Pending())
+            assert refused.status.value == "REJECT"
+            assert refused.state is not None
+            assert refused.state.name == "AwaitingConcurrencySlot"
+        time.sleep(THRESHOLD + 0.5)
+        _ok, report = reconcile(Settings(stranded_pending_seconds=THRESHOLD), dry_run=False)
+        assert [r["rescheduled"] for r in rows(report, stranded)] == [True]
+        assert active_slots(deployment_id) == 0
+        with get_client(sync_client=True) as client:
+            assert client.set_flow_run_state(waiting.id, Pending()).status.value == "ACCEPT"
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
+
+
+def active_slots(deployment_id: uuid.UUID) -> int:
+    with get_client(sync_client=True) as client:
+        limit = client.read_deployment(deployment_id).global_concurrency_limit
+    assert limit is not None
+    return limit.active_slots
+
+
 @pytest.mark.slow
 def test_a_rescheduled_teardown_is_picked_up_and_runs_to_the_end(
     github: FakeGitHub, session_dir: Path
