@@ -199,10 +199,9 @@ def read_pending(runs: PrefectRuns) -> list[PendingRun]:
 
 
 @task(name="reschedule-stranded", cache_policy=NO_CACHE, retries=0)
-def reschedule_stranded(
-    runs: PrefectRuns, stranded: Sequence[Stranded]
-) -> tuple[list[Rescheduled], str | None]:
-    """Put each stranded run back to Scheduled; stop at the first Prefect failure (and say why)."""
+def reschedule_stranded(runs: PrefectRuns, stranded: Sequence[Stranded]) -> list[Rescheduled]:
+    """Put each stranded run back to Scheduled. A run Prefect refuses to move (an error) is reported and the
+    others are still rescheduled: one run must not keep every other stranded run Pending."""
     logger = get_run_logger()
     done: list[Rescheduled] = []
     for one in stranded:
@@ -210,24 +209,23 @@ def reschedule_stranded(
             result = runs.reschedule(one)
         except PreviewsError as exc:
             logger.error("could not reschedule %s (%s): %s", one.run.name, one.run.id, exc)
-            return done, f"Prefect: {exc}"
+            done.append(Rescheduled(one, False, f"not rescheduled: {exc}"))
+            continue
         log = logger.warning if result.done else logger.info
         log("%s (%s, %s): %s; %s", one.run.name, one.run.flow, one.run.id, one.message, result.answer)
         done.append(result)
-    return done, None
+    return done
 
 
-def _recover(
-    runs: PrefectRuns, settings: Settings, *, dry_run: bool
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The stranded runs (found and, unless ``dry_run``, rescheduled), as report rows, and a Prefect stop."""
+def _recover(runs: PrefectRuns, settings: Settings, *, dry_run: bool) -> list[dict[str, Any]]:
+    """The stranded runs (found and, unless ``dry_run``, rescheduled), as report rows."""
     pending = retrying(read_pending, settings)(runs)
     threshold = timedelta(seconds=settings.stranded_pending_seconds)
     found = find_stranded(pending, now=datetime.now(UTC), threshold=threshold)
     if dry_run:
-        return [s.to_json() | {"rescheduled": False, "answer": "dry run"} for s in found], None
-    results, stop = reschedule_stranded(runs, found) if found else ([], None)
-    return [r.stranded.to_json() | {"rescheduled": r.done, "answer": r.answer} for r in results], stop
+        return [s.to_json() | {"rescheduled": False, "answer": "dry run"} for s in found]
+    results = reschedule_stranded(runs, found) if found else []
+    return [r.stranded.to_json() | {"rescheduled": r.done, "answer": r.answer} for r in results]
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,12 +342,8 @@ def preview_reconcile(dry_run: bool = True, *, wiring: Wiring) -> State[Reconcil
     configured repositories with the builds, and (unless ``dry_run``) start one preview-image run per head
     that was missed and one teardown per closed PR whose preview remains."""
     with wiring.prefect_runs() as runs:
-        stranded, stop = _recover(runs, wiring.settings, dry_run=dry_run)
-        part = (
-            _with_github(runs, wiring, dry_run=dry_run)
-            if stop is None
-            else GitHubPart(stop=("prefect", stop))
-        )
+        stranded = _recover(runs, wiring.settings, dry_run=dry_run)
+        part = _with_github(runs, wiring, dry_run=dry_run)
     report = _report(dry_run, stranded, part)
     if part.stop is not None:
         return Failed(message=report.summary, data=report)

@@ -6,17 +6,25 @@ the preview-teardown deployment is served by a real runner subprocess (a resched
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.states import Pending, Scheduled
+from prefect.states import Cancelled, Pending, Scheduled
+from prefect_docker.worker import DockerWorker
 from pydantic import SecretStr
 
 from flows.preview_image import preview_image
@@ -27,6 +35,7 @@ from previews_cli.app import main
 from tests.conftest import INFRA
 from tests.support.fake_github import FakeGitHub
 from tests.support.served import serve_preview_image, states_of, wait_final
+from tests.support.services import stop
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 THRESHOLD = 1.0  # seconds; production's default is 300
@@ -194,9 +203,35 @@ def test_a_stranded_run_gives_back_its_slot_of_a_hard_cap(prefect_server: str) -
         assert active_slots(deployment_id) == 0
         with get_client(sync_client=True) as client:
             assert client.set_flow_run_state(waiting.id, Pending()).status.value == "ACCEPT"
+            client.set_flow_run_state(waiting.id, Cancelled(message="test over"), force=True)
+            client.set_flow_run_state(stranded, Cancelled(message="test over"), force=True)
     finally:
         with get_client(sync_client=True) as client:
             client.delete_deployment(deployment_id)
+
+
+def test_a_run_prefect_refuses_to_move_does_not_keep_the_others_pending(image_deployment: str) -> None:
+    """A Pending run holding a slot of a deployment limit deleted since: Prefect answers 500 to any move of
+    it. It is reported, and the other stranded run is still rescheduled."""
+    name = f"stranded-gone-{uuid.uuid4().hex[:8]}"
+    doomed = preview_image.to_deployment(name=name, concurrency_limit=1).apply()
+    poisoned = strand(f"preview-image/{name}", image_params())
+    with get_client(sync_client=True) as client:
+        client.delete_deployment(doomed)
+    other = strand(image_deployment, image_params())
+    time.sleep(THRESHOLD + 0.5)
+    try:
+        ok, report = reconcile(Settings(stranded_pending_seconds=THRESHOLD), dry_run=False)
+        found = {r["run_id"]: r for r in rows(report, poisoned, other)}
+        assert found[str(other)]["rescheduled"] is True
+        assert found[str(poisoned)]["rescheduled"] is False  # the run keeps the deleted deployment's id
+        assert found[str(poisoned)]["answer"].startswith("not rescheduled: Prefect API ")
+        assert found[str(poisoned)]["answer"].endswith(": 500")
+        assert not ok  # no GitHub settings: the GitHub part stops (config), as before
+        assert report.stopped_by == "config"
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(poisoned)
 
 
 def active_slots(deployment_id: uuid.UUID) -> int:
@@ -239,3 +274,110 @@ def test_a_rescheduled_teardown_is_picked_up_and_runs_to_the_end(
         if d["event_type"] == "preview-teardown" and d["client_payload"]["repository"] == repository
     ]
     assert len(sent) == 1
+
+
+@contextmanager
+def silent_docker_host() -> Iterator[str]:
+    """A TCP endpoint that accepts connections and never answers: a Docker engine that hangs. A worker given it
+    as ``DOCKER_HOST`` claims a run (Pending) and then waits inside its first Docker call, before any
+    container exists: the moment a SIGKILL strands the run. The shared engine is never touched."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stopping.set()
+        server.close()
+        for conn in held:
+            conn.close()
+        thread.join(timeout=5)
+
+
+def start_worker(pool: str, docker_host: str, home: Path) -> subprocess.Popen[bytes]:
+    """A real Docker worker on ``pool`` polling every second (its log in ``home``)."""
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREVIEWS_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1", "DOCKER_HOST": docker_host}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with (home / "worker.log").open("wb") as out:
+        return subprocess.Popen(
+            [prefect, "worker", "start", "--pool", pool, "--type", "docker", "--name", home.name],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def claimed_by_a_worker(run_id: uuid.UUID, *, after: int, timeout: float = 90) -> FlowRun:
+    """Wait until the run has more than ``after`` states and is Pending (a worker claimed it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = read(run_id)
+        if run.state is not None and run.state.type == StateType.PENDING and len(states_of(run_id)) > after:
+            return run
+        assert time.monotonic() < deadline, f"no worker claimed the run ({run.state})"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_real_worker_killed_after_claiming_a_run_strands_it_and_another_worker_takes_it_back(
+    session_dir: Path,
+) -> None:
+    pool = f"stranded-pool-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        template = DockerWorker.get_default_base_job_template()
+        client.create_work_pool(WorkPoolCreate(name=pool, type="docker", base_job_template=template))
+    deployment_id = preview_image.to_deployment(
+        name=pool, work_pool_name=pool, job_variables={"image": "previews-stranded:never-pulled"}
+    ).apply()
+    run_id: uuid.UUID | None = None
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        with silent_docker_host() as docker_host:
+            workers.append(start_worker(pool, docker_host, session_dir / f"{pool}-w1"))
+            with get_client(sync_client=True) as client:
+                run_id = client.create_flow_run_from_deployment(deployment_id, parameters=image_params()).id
+            claimed = claimed_by_a_worker(run_id, after=1)
+            workers[0].kill()  # SIGKILL: the worker dies between the Pending and the container
+            workers[0].wait(timeout=10)
+            time.sleep(THRESHOLD + 0.5)
+            left = read(run_id)
+            assert left.state is not None
+            assert left.state.type == StateType.PENDING
+            assert left.infrastructure_pid is None
+            assert claimed.state is not None
+
+            _ok, report = reconcile(Settings(stranded_pending_seconds=THRESHOLD), dry_run=False)
+            (row,) = rows(report, run_id)
+            assert row["rescheduled"], row
+            assert row["pending_state"] in {"Pending", "Submitting"}
+            back = read(run_id)
+            assert back.state is not None
+            assert (back.state.type, back.state.name) == (StateType.SCHEDULED, "AwaitingRetry")
+
+            workers.append(start_worker(pool, docker_host, session_dir / f"{pool}-w2"))
+            history = states_of(run_id)
+            again = claimed_by_a_worker(run_id, after=len(history))
+        assert again.id == run_id
+        assert again.created == claimed.created
+    finally:
+        for worker in workers:
+            stop(worker, timeout=20)
+        with get_client(sync_client=True) as client:
+            if run_id is not None:
+                client.set_flow_run_state(run_id, Cancelled(message="test over"), force=True)
+            client.delete_deployment(deployment_id)
+            client.delete_work_pool(pool)
