@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from previews.github.reporting import Reporter
     from previews.ingress.forwarder import Forwarder
     from previews.ingress.outbox import Outbox
+    from previews.pool import PoolLimits
     from previews.registry import CleanupTarget
     from previews.registry.oci import OciRegistry
     from previews.run_history import RunHistory
@@ -200,6 +201,14 @@ class Wiring:
         from previews.runs import PrefectRuns
 
         return PrefectRuns(get_client(sync_client=True))
+
+    def pool_limits(self) -> PoolLimits:
+        """Work-pool concurrency limits of the Prefect API this process talks to (``previews pool-limit``)."""
+        from prefect.client.orchestration import get_client
+
+        from previews.pool import PoolLimits
+
+        return PoolLimits(get_client(sync_client=True))
 
     def run_history(self) -> RunHistory:
         """Preview runs of the Prefect API this process talks to, for ``previews status``."""

@@ -24,6 +24,7 @@ from typing import Any
 from previews.errors import PreviewsError
 from previews.local import stack
 from previews_cli import common, receiver, status
+from previews_cli import pool as pool_cli
 from previews_cli import reconcile as reconcile_cli
 from previews_cli.common import EXIT_FAILED, EXIT_OK
 from previews_cli.progress import run_progress
@@ -222,6 +223,7 @@ def parser() -> argparse.ArgumentParser:
     for register in (_register_flows, status.register, receiver.register, stack.register):
         register(sub)
     reconcile_cli.register(sub)
+    pool_cli.register(sub)
     return root
 
 

@@ -43,6 +43,7 @@ ADAPTERS = (
     "previews.ingress",
     "previews.runs",
     "previews.run_history",
+    "previews.pool",
 )
 # Constructors of clients: called in previews/wiring.py only (the adapters' own modules define them).
 CLIENTS = {
@@ -58,6 +59,7 @@ CLIENTS = {
     "GitSource",
     "PrefectRuns",
     "RunHistory",
+    "PoolLimits",
     "get_client",
     "Forwarder",
     "Outbox",

@@ -41,8 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 POOL = "previews"
 RETRY_AUTOMATION = "previews-retry-crashed-once"
-POOL_SLOTS = "previews-pool"  # the global concurrency limit that makes the pool limit a hard cap
-CAPPED_DEPLOYMENTS = ("preview-image/preview-image", "preview-teardown/preview-teardown")
 # A run that finds no free slot waits this long before it is offered again (Prefect's default is 30 s).
 SLOT_WAIT_SECONDS = 3
 
@@ -316,47 +314,26 @@ def _start_servers(stack: local.Stack, env: Mapping[str, str], ports: tuple[int,
 
 
 def prepare_pool(api: str, env: Mapping[str, str], *, limit: int) -> None:
-    """The Docker pool with its concurrency limit, the block types, ``prefect deploy --all``, the hard cap."""
+    """The Docker pool, the block types, ``prefect deploy --all``, then the pool limit as a hard cap.
+
+    ``previews pool-limit`` sets the pool's limit and the shared deployment limit of the same size
+    (:mod:`previews.pool`): the pool's own limit is applied when a worker polls, so two workers polling
+    together could both take its last slot. It comes after the deploy, which clears deployment limits.
+    """
     if httpx.get(f"{api}/work_pools/{POOL}", timeout=10).status_code == 404:
         _prefect(["work-pool", "create", POOL, "--type", "docker"], env)
-    _prefect(["work-pool", "set-concurrency-limit", POOL, str(limit)], env)
     _prefect(["block", "register", "-m", "blocks"], env)
     _prefect(["deploy", "--all"], env, timeout=1800)
-    cap_pool(api, limit)
-
-
-def cap_pool(api: str, limit: int) -> str:
-    """One global concurrency limit of ``limit`` slots shared by the pool's event-driven deployments.
-
-    A work pool's limit is applied when a worker polls, so two workers polling together can both take the
-    last slot. A deployment's concurrency limit is a slot taken atomically in the database on the way to
-    Pending (ENQUEUE: a run that finds none waits in Scheduled/AwaitingConcurrencySlot), so pointing
-    ``preview-image`` and ``preview-teardown`` at one limit caps their runs at ``limit`` together whatever
-    the number of workers. ``prefect deploy`` clears a deployment's limit: call this after every deploy.
-    Returns the limit's id.
-    """
-    found = httpx.get(f"{api}/v2/concurrency_limits/{POOL_SLOTS}", timeout=10)
-    if found.status_code == 404:
-        created = httpx.post(
-            f"{api}/v2/concurrency_limits/", json={"name": POOL_SLOTS, "limit": limit}, timeout=10
-        )
-        created.raise_for_status()
-        limit_id = str(created.json()["id"])
-    else:
-        found.raise_for_status()
-        limit_id = str(found.json()["id"])
-        httpx.patch(
-            f"{api}/v2/concurrency_limits/{limit_id}", json={"limit": limit, "active": True}, timeout=10
-        ).raise_for_status()
-    for name in CAPPED_DEPLOYMENTS:
-        deployment = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
-        deployment.raise_for_status()
-        httpx.patch(
-            f"{api}/deployments/{deployment.json()['id']}",
-            json={"global_concurrency_limit_id": limit_id},
-            timeout=10,
-        ).raise_for_status()
-    return limit_id
+    done = subprocess.run(
+        [local._bin("previews"), "pool-limit", str(limit), "--pool", POOL],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise local.StackError(f"previews pool-limit {limit} failed: {(done.stdout + done.stderr).strip()}")
 
 
 def retry_crashed_automation(deployment_id: str) -> dict[str, Any]:
