@@ -6,8 +6,9 @@ supersede decision (:mod:`previews.core.supersede`) sets aside those already sto
 
 Prefect's server cannot filter runs by parameter, and a Scheduled run has not tagged itself yet, so every
 in-flight run of the flow is read and compared client-side by repository and PR number. The decisions are
-pure; this module reads and writes flow runs only. Prefect API failures become :class:`TransientPrefectError`
-(connection, timeout, 5xx, 429) or :class:`PrefectError`.
+pure; this module reads and writes flow runs only. Reconcile also puts a stranded run (Pending with no
+container: :mod:`previews.core.stranded`) back to Scheduled through :meth:`PrefectRuns.reschedule`. Prefect
+API failures become :class:`TransientPrefectError` (connection, timeout, 5xx, 429) or :class:`PrefectError`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, Scheduled
 
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.core.reconcile import FinishedRun, PreviewMark, TeardownMark
+from previews.core.stranded import RESCHEDULED_STATE, PendingRun, Stranded
 from previews.core.supersede import Cancellation, RunRef, SupersedeDecision, decide
 from previews.errors import TransientPrefectError, ValidationError
 from previews.prefect_errors import translated
@@ -209,8 +211,14 @@ class PrefectRuns:
 
     def _cancel(self, cancellation: Cancellation, run: FlowRun) -> CancelledRun:
         state = run.state
-        queued = state is not None and state.type == StateType.SCHEDULED and state.name != "AwaitingRetry"
-        # A run still queued has no process to stop: Cancelled at once (Cancelling would never end).
+        # A run still queued has no process to stop: Cancelled at once (Cancelling would never end). An
+        # AwaitingRetry run may have one, unless no container was recorded (a stranded run reconcile
+        # rescheduled): Prefect would turn Cancelling into a bare Cancelled then, losing the message.
+        queued = (
+            state is not None
+            and state.type == StateType.SCHEDULED
+            and (state.name != RESCHEDULED_STATE or not run.infrastructure_pid)
+        )
         proposed = Cancelled if queued else Cancelling
         with translated("cancel flow run"):
             result: Any = self._client.set_flow_run_state(run.id, proposed(message=cancellation.message))
@@ -320,6 +328,81 @@ class PrefectRuns:
         with translated("read flow run"):
             run = self._client.read_flow_run(run_id)
         self._tag(run, tags)
+
+    # --- stranded runs -------------------------------------------------------------------------------------
+
+    def pending(self, flow_names: Sequence[str]) -> list[PendingRun]:
+        """Every run of the flows named ``flow_names`` that is Pending now (any Pending sub-state)."""
+        flows = FlowFilter(name=FlowFilterName(any_=list(flow_names)))
+        wanted = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
+        )
+        runs: list[FlowRun] = []
+        while True:
+            with translated("read flow runs"):
+                page = self._client.read_flow_runs(
+                    flow_filter=flows, flow_run_filter=wanted, limit=self._page, offset=len(runs)
+                )
+            runs.extend(page)
+            if len(page) < self._page:
+                break
+        names = self._flow_names({run.flow_id for run in runs})
+        return [p for run in runs if (p := _pending(run, names.get(run.flow_id, "?"))) is not None]
+
+    def _flow_names(self, flow_ids: set[UUID]) -> dict[UUID, str]:
+        if not flow_ids:
+            return {}
+        with translated("read flows"):
+            found = self._client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=list(flow_ids))))
+        return {f.id: f.name for f in found}
+
+    def reschedule(self, stranded: Stranded) -> Rescheduled:
+        """Put a stranded run back to Scheduled (``AwaitingRetry``, now) unless it moved since it was read.
+
+        Prefect's set-state API takes no precondition (no expected state), so the run is read again first and
+        left alone when its state is no longer the Pending state read (same state id) or it has an
+        ``infrastructure_pid`` now; the new state is forced (a Pending run's worker is gone: no orchestration
+        rule should keep it Pending). What remains is the time between this read and the write, one API round
+        trip.
+        """
+        with translated("read flow run"):
+            run = self._client.read_flow_run(UUID(stranded.run.id))
+        state = run.state
+        if state is None or str(state.id) != stranded.run.state_id or run.infrastructure_pid:
+            now = f"{state.type.value} {state.name}" if state is not None else "no state"
+            return Rescheduled(stranded, False, f"left alone: it moved since it was read (now {now})")
+        proposed: State[None] = Scheduled(
+            name=RESCHEDULED_STATE, message=stranded.message, scheduled_time=datetime.now(UTC)
+        )
+        with translated("reschedule a stranded flow run"):
+            result: Any = self._client.set_flow_run_state(run.id, proposed, force=True)
+        accepted = result.status.value == "ACCEPT"
+        return Rescheduled(stranded, accepted, f"Pending -> {RESCHEDULED_STATE} {result.status.value}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rescheduled:
+    """A stranded run reconcile tried to reschedule: ``done`` when it is Scheduled again, and what happened."""
+
+    stranded: Stranded
+    done: bool
+    answer: str
+
+
+def _pending(run: FlowRun, flow: str) -> PendingRun | None:
+    state = run.state
+    if state is None or state.type != StateType.PENDING:
+        return None
+    return PendingRun(
+        id=str(run.id),
+        name=run.name,
+        flow=flow,
+        state_id=str(state.id),
+        state_name=state.name or "Pending",
+        since=state.timestamp,
+        infrastructure_pid=run.infrastructure_pid or None,
+        deployment_id=str(run.deployment_id) if run.deployment_id else None,
+    )
 
 
 def _started(run: FlowRun, *, fresh: bool) -> StartedRun:

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     reconcile_stale_minutes: float = Field(default=30.0, gt=0, le=7 * 24 * 60)
     reconcile_image_deployment: str = "preview-image/preview-image"
     reconcile_teardown_deployment: str = "preview-teardown/preview-teardown"
+    stranded_pending_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=24 * 3600,
+        description="reconcile reschedules a preview run Pending this long with no container "
+        "(its worker died before starting it)",
+    )
 
     # Source checkout
     git_url_template: str = "https://github.com/{repository}.git"

@@ -10,8 +10,9 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelling, Completed, Running, Scheduled, State
+from prefect.states import Cancelling, Completed, Pending, Running, Scheduled, State
 
+from previews.core.stranded import PendingRun, Stranded, stranded_message
 from previews.errors import TransientPrefectError
 from previews.runs import PrefectRuns
 
@@ -101,3 +102,83 @@ def test_in_flight_reads_every_page() -> None:
         with get_client(sync_client=True) as client:
             for run_id in started:
                 client.set_flow_run_state(run_id, Completed(), force=True)
+
+
+def pending_now(runs: PrefectRuns, run_id: uuid.UUID) -> PendingRun:
+    (found,) = [p for p in runs.pending(["runs-adapter-test"]) if p.id == str(run_id)]
+    return found
+
+
+def test_pending_reads_the_state_and_the_container_of_each_pending_run(runs: PrefectRuns) -> None:
+    repo = f"acme/pending-{uuid.uuid4().hex[:6]}"
+    bare = start(1, A, Scheduled(), repo)
+    with_pid = start(2, A, Scheduled(), repo)
+    running = start(3, A, Running(), repo)
+    with get_client(sync_client=True) as client:
+        for run_id in (bare, with_pid):
+            assert client.set_flow_run_state(run_id, Pending()).status.value == "ACCEPT"  # as a worker does
+        client.update_flow_run(with_pid, infrastructure_pid="host:0123abcd")
+        state = client.read_flow_run(bare).state
+    assert state is not None
+    found = pending_now(runs, bare)
+    assert (found.flow, found.state_id, found.state_name, found.since) == (
+        "runs-adapter-test",
+        str(state.id),
+        "Pending",
+        state.timestamp,
+    )
+    assert found.infrastructure_pid is None
+    assert found.deployment_id is None  # created without a deployment
+    assert pending_now(runs, with_pid).infrastructure_pid == "host:0123abcd"
+    assert str(running) not in {p.id for p in runs.pending(["runs-adapter-test"])}
+
+
+def test_reschedule_moves_a_stranded_run_back_to_scheduled_keeping_id_and_creation(runs: PrefectRuns) -> None:
+    run_id = start(4, A, Pending(), f"acme/resched-{uuid.uuid4().hex[:6]}")
+    stranded = Stranded(pending_now(runs, run_id), 312, stranded_message(312))
+    with get_client(sync_client=True) as client:
+        before = client.read_flow_run(run_id)
+        done = runs.reschedule(stranded)
+        after = client.read_flow_run(run_id)
+    assert done.done, done.answer
+    assert done.answer == "Pending -> AwaitingRetry ACCEPT"
+    assert after.state is not None
+    assert (after.state.type, after.state.name, after.state.message) == (
+        StateType.SCHEDULED,
+        "AwaitingRetry",
+        "Pending for 312 s with no container: its worker died before starting it; rescheduled by reconcile",
+    )
+    assert (after.id, after.created, after.parameters) == (before.id, before.created, before.parameters)
+
+
+@pytest.mark.parametrize("moved", ["started", "container"])
+def test_reschedule_leaves_a_run_that_moved_since_it_was_read(runs: PrefectRuns, moved: str) -> None:
+    """Prefect's set-state takes no precondition: the adapter reads the run again and leaves it alone when its
+    Pending state is not the one read (its container started) or a container was recorded meanwhile."""
+    run_id = start(5, A, Pending(), f"acme/moved-{uuid.uuid4().hex[:6]}")
+    stranded = Stranded(pending_now(runs, run_id), 400, stranded_message(400))
+    with get_client(sync_client=True) as client:
+        if moved == "started":
+            client.set_flow_run_state(run_id, Running(), force=True)
+        else:
+            client.update_flow_run(run_id, infrastructure_pid="host:feedbeef")
+        done = runs.reschedule(stranded)
+        state = client.read_flow_run(run_id).state
+    assert not done.done
+    assert done.answer.startswith("left alone: it moved since it was read (now ")
+    assert state is not None
+    assert state.type == (StateType.RUNNING if moved == "started" else StateType.PENDING)
+
+
+def test_a_rescheduled_stranded_run_superseded_ends_cancelled_with_the_reason(runs: PrefectRuns) -> None:
+    repo = f"acme/resched-sup-{uuid.uuid4().hex[:6]}"
+    old = start(6, A, Pending(), repo)
+    assert runs.reschedule(Stranded(pending_now(runs, old), 400, stranded_message(400))).done
+    me = start(6, B, Running(), repo)
+    done = runs.supersede(me, stale_after=timedelta(hours=1))
+    assert [(c.run.id, c.proposed, c.accepted) for c in done.cancelled] == [(str(old), "Cancelled", True)]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(old).state
+    assert state is not None
+    assert state.type == StateType.CANCELLED
+    assert state.message == done.cancelled[0].message
