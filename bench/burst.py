@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,6 +41,7 @@ import docker  # noqa: E402
 from previews.local import processes, production  # noqa: E402
 from previews.local.stack import Stack, _bin, _wait_http  # noqa: E402
 from tests.support.burst import (  # noqa: E402
+    Push,
     builds_executed,
     finals,
     plan_burst,
@@ -163,6 +165,7 @@ def burst(
     )
     image = sample.app.repository.lower()
     completed = sum(r["state"]["type"] == "COMPLETED" for r in final_runs)
+    report_broken_promises(pushes, runs, registry.tags(image))
     return {
         "first delivery -> last image": f"{last_image - first:.0f} s",
         "builds executed / PRs": f"{builds_executed(endpoints.api, runs)} / {prs}",
@@ -177,6 +180,25 @@ def burst(
         ),
         "CPU-s of the whole machine (flow containers, builds, the rest)": f"{busy_seconds() - busy_before:.0f}",
     }
+
+
+def report_broken_promises(pushes: list[Push], runs: list[dict[str, Any]], tags: list[str]) -> None:
+    """Print each PR whose final head was not the one run Completed and pushed: its pushes and runs, in order."""
+    final = finals(pushes)
+    for pr, head in sorted(final.items()):
+        mine = [r for r in runs if r["parameters"]["pr_number"] == pr]
+        done = [r for r in mine if r["state"]["type"] == "COMPLETED"]
+        pushed = sorted(t for t in tags if t.startswith(f"pr-{pr}-"))
+        if [r["parameters"]["head_sha"] for r in done] == [head] and pushed == [f"pr-{pr}-{head}"]:
+            continue
+        order = [p.sha[:7] for p in pushes if p.pr == pr]
+        print(f"PR {pr}: pushes {order} (final {head[:7]}), tags {[t.rsplit('-', 1)[1][:7] for t in pushed]}")
+        for r in sorted(mine, key=lambda r: r["created"]):
+            state = r["state"]
+            print(
+                f"  created {r['created']}  {r['parameters']['head_sha'][:7]}  {state['name']}: "
+                f"{(state.get('message') or '')[:140]}"
+            )
 
 
 def busy_seconds() -> float:
