@@ -92,6 +92,7 @@ def validate(
     delivery: object,
     force_rebuild: object,
     action: object,
+    received: object = None,
 ) -> PreviewParams:
     """Check every parameter (:func:`previews.core.plan.validate_params`); a bad one fails the run at once."""
     return plan.validate_params(
@@ -105,6 +106,7 @@ def validate(
         delivery=delivery,
         force_rebuild=force_rebuild,
         action=action,
+        received=received,
     )
 
 
@@ -399,6 +401,7 @@ def preview_image(
     delivery: str | None = None,
     force_rebuild: bool = False,
     action: str | None = None,
+    received: str | None = None,
     *,
     wiring: Wiring,
 ) -> State:
@@ -407,14 +410,14 @@ def preview_image(
     Only ``repository``, ``pr_number`` and ``head_sha`` are needed (a 7-39 character prefix of the PR's
     head works): the rest is read from GitHub when credentials are configured, and checked against it.
     ``fork``, ``labels`` and ``action`` (the pull_request action) come from the event; ``force_rebuild``
-    builds even when the registry already has this SHA built the same way.
+    builds even when the registry already has this SHA built the same way. ``received`` (ISO-8601, from the
+    event) is when the receiver accepted the delivery: it orders the PR's runs for cancel-in-progress.
     """
     clock = Stopwatch()
     with clock("validate"):
         config = wiring.settings.build_config()
-        params = validate(
-            config, repository, pr_number, head_sha, base_sha, fork, labels, delivery, force_rebuild, action
-        )
+        event = (base_sha, fork, labels, delivery, force_rebuild, action, received)  # what an event adds
+        params = validate(config, repository, pr_number, head_sha, *event)
     with _opened(wiring, params, clock) as run:
         return _reported(run)
 

@@ -14,6 +14,10 @@ from prefect.events import DeploymentEventTrigger
 BUILD_ACTIONS = ("opened", "synchronize", "reopened", "ready_for_review", "labeled")
 RESOURCE_MATCH = {"prefect.resource.id": "github.pull-request.*"}
 
+# When the receiver accepted the delivery: it orders a PR's runs (previews/core/supersede.py). ``default(none)``
+# because an event without the field (stored by an older receiver) would otherwise fail to render, and Prefect
+# then creates no run at all; with it, the run gets None and is ordered by its creation time.
+RECEIVED = "{{ event.payload.received | default(none) }}"
 IMAGE_PARAMETERS: dict[str, Any] = {
     "repository": "{{ event.payload.repository }}",
     "pr_number": "{{ event.payload.number }}",
@@ -23,6 +27,7 @@ IMAGE_PARAMETERS: dict[str, Any] = {
     "labels": "{{ event.payload.labels }}",
     "delivery": "{{ event.payload.delivery }}",
     "action": "{{ event.payload.action }}",
+    "received": RECEIVED,
 }
 # A check's "Re-run" button (previews/core/rerequest.py): the PR and SHA of the check; GitHub fills in the rest
 # when the run reads the pull request. ``force_rebuild`` is true when the re-requested check had not passed.
@@ -33,6 +38,7 @@ RERUN_PARAMETERS: dict[str, Any] = {
     "head_sha": "{{ event.payload.head_sha }}",
     "delivery": "{{ event.payload.delivery }}",
     "force_rebuild": "{{ event.payload.force_rebuild }}",
+    "received": RECEIVED,
 }
 TEARDOWN_PARAMETERS: dict[str, Any] = {
     "repository": "{{ event.payload.repository }}",

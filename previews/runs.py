@@ -37,6 +37,7 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Cancelling, Scheduled
 
+from previews.core.events import parse_received
 from previews.core.names import parse_pr_number, parse_repository, parse_sha
 from previews.core.reconcile import FinishedRun, PreviewMark, TeardownMark
 from previews.core.stranded import RESCHEDULED_STATE, PendingRun, Stranded
@@ -78,7 +79,11 @@ class Supersession:
 
 
 def run_ref(run: FlowRun) -> RunRef | None:
-    """The run's PR and commit from its parameters; None when they are missing or invalid."""
+    """The run's PR and commit from its parameters; None when they are missing or invalid.
+
+    Its order is the ``received`` parameter (when the receiver accepted the delivery) when valid, else the
+    run's creation time (:class:`~previews.core.supersede.RunRef`).
+    """
     params = run.parameters or {}
     try:
         repository = parse_repository(params.get("repository"))
@@ -88,7 +93,13 @@ def run_ref(run: FlowRun) -> RunRef | None:
         return None
     stopping = run.state is not None and run.state.type in STOPPING
     created = run.created or datetime.now(UTC)
-    return RunRef(str(run.id), run.name, created, repository, number, sha, stopping=stopping)
+    try:
+        received = parse_received(params.get("received"))
+    except ValidationError:
+        received = None  # the run fails at validate; until then it is placed by its creation time
+    return RunRef(
+        str(run.id), run.name, created, repository, number, sha, stopping=stopping, received=received
+    )
 
 
 @dataclass(frozen=True, slots=True)

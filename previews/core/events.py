@@ -247,11 +247,37 @@ class EventSource(Protocol):
     def payload(self) -> dict[str, Any]: ...
 
 
+def parse_received(value: object, *, field: str = "received") -> datetime | None:
+    """When the receiver accepted the delivery: an aware ISO-8601 timestamp, or None when absent or empty.
+
+    It orders the runs of one PR (:mod:`previews.core.supersede`) in the order GitHub sent the pushes.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(field, f"{value[:40]!r} is not an ISO-8601 timestamp") from None
+    else:
+        raise ValidationError(field, f"must be an ISO-8601 timestamp, got {type(value).__name__}")
+    if moment.tzinfo is None:
+        raise ValidationError(field, f"{value!s:.40} has no time zone")
+    return moment.astimezone(UTC)
+
+
 def prefect_event(event: EventSource, *, occurred: datetime | None = None, replay: int = 0) -> dict[str, Any]:
-    """The JSON body item for Prefect's ``POST /api/events`` (resource label values are all strings)."""
+    """The JSON body item for Prefect's ``POST /api/events`` (resource label values are all strings).
+
+    ``payload["received"]`` is the acceptance time (``occurred`` as first sent): a replay re-stamps
+    ``occurred`` but keeps the payload, so runs still order by when GitHub sent the delivery.
+    """
+    stamp = format_occurred(occurred or datetime.now(UTC))
     return {
         "id": str(event_id(event.delivery, replay=replay)),
-        "occurred": format_occurred(occurred or datetime.now(UTC)),
+        "occurred": stamp,
         "event": event.event_name,
         "resource": {
             "prefect.resource.id": event.resource_id,
@@ -260,5 +286,5 @@ def prefect_event(event: EventSource, *, occurred: datetime | None = None, repla
             "github.sha": event.head_sha,
         },
         "related": [],
-        "payload": event.payload(),
+        "payload": {**event.payload(), "received": stamp},
     }

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 from previews.core import status
+from previews.core.events import parse_received
 from previews.core.fingerprint import FINGERPRINT_LABEL, build_fingerprint
 from previews.core.forks import decide_fork
 from previews.core.labels import oci_labels
@@ -80,6 +81,7 @@ class PreviewParams:
     delivery: str | None = None
     force_rebuild: bool = False
     action: str | None = None
+    received: datetime | None = None
 
 
 class PullFacts(Protocol):
@@ -172,6 +174,7 @@ def validate_params(
     delivery: object = None,
     force_rebuild: object = False,
     action: object = None,
+    received: object = None,
 ) -> PreviewParams:
     """Every flow parameter, checked in order; the first bad one raises :class:`ValidationError` naming it."""
     request = validate_request(
@@ -196,6 +199,7 @@ def validate_params(
         delivery=delivery,
         force_rebuild=force_rebuild,
         action=action,
+        received=parse_received(received),
     )
 
 

@@ -1,8 +1,13 @@
 """Cancel-in-progress for preview builds: which runs of one pull request give way to which.
 
 A group is one repository (case-insensitive) and one PR number, never a branch name (forks reuse names such
-as ``patch-1``). Runs are ordered by creation time, then id, so every run reaches the same verdict about the
-same set of runs. Within a group:
+as ``patch-1``). Runs are ordered by when the receiver accepted their delivery (``received``, carried in the
+event and passed to the run as a parameter), then id, so every run reaches the same verdict about the same set
+of runs. Not by creation time: under a burst Prefect's automation creates the runs late and out of delivery
+order, and the run of an old push created last would cancel the final head's build. A run without ``received``
+(a UI rerun, ``previews build``, reconcile, an event from before this field) is placed by its creation time
+instead; a mixed comparison is by wall clock (the receiver's clock against the Prefect server's). Within a
+group:
 
 - an older in-flight run at another SHA is cancelled, naming the newer SHA;
 - an older in-flight run at the same SHA (a redelivery, a rerun while it builds) makes the newer run a
@@ -10,9 +15,9 @@ same set of runs. Within a group:
 - a newer in-flight run at another SHA makes this run superseded: it stops (it started late), and cancels
   the other runs the newest one outranks (in a burst they are still queued: no container starts for them).
 
-When the PR's real head is known (``head``, read from GitHub), it outranks creation time (issue 13, item 4):
+When the PR's real head is known (``head``, read from GitHub), it outranks run order (issue 13, item 4):
 a run at the head is never cancelled by, nor superseded by, a run at another SHA, however late that run was
-created (a replayed or late delivery for an old commit, a rerun of an old commit from the UI).
+received or created (a replayed or late delivery for an old commit, a rerun of an old commit from the UI).
 
 A same-SHA run created longer ago than ``stale_after`` is not trusted to finish (a crashed worker can leave a
 run Running forever), so it never turns a new run into a duplicate. A run already being stopped (Cancelling)
@@ -31,7 +36,11 @@ Verdict = Literal["proceed", "duplicate", "superseded"]
 
 @dataclass(frozen=True, slots=True)
 class RunRef:
-    """One flow run as the decision sees it: identity, creation time and the PR at one commit it builds."""
+    """One flow run as the decision sees it: identity, creation (and delivery) time, the PR at one commit.
+
+    ``received`` is when the receiver accepted the delivery that started the run, None for a run that no
+    delivery started (or an event from before the field existed).
+    """
 
     id: str
     name: str
@@ -40,11 +49,12 @@ class RunRef:
     pr_number: int
     head_sha: str
     stopping: bool = False
+    received: datetime | None = None
 
     @property
     def order(self) -> tuple[datetime, str]:
-        """The deterministic age order: creation time, then id."""
-        return (self.created, self.id)
+        """The deterministic age order: delivery time (else creation time), then id."""
+        return (self.received or self.created, self.id)
 
     def same_group(self, other: RunRef) -> bool:
         """Same repository (ignoring case) and same PR number."""
