@@ -15,6 +15,7 @@ from previews.core.events import (
     EVENT_NAMESPACE,
     event_id,
     parse_pull_request_event,
+    parse_received,
     prefect_event,
 )
 from previews.errors import ValidationError
@@ -118,6 +119,42 @@ def test_prefect_event_follows_the_contract() -> None:
     ):
         assert dropped not in text
     json.loads(text)
+
+
+def test_the_payload_says_when_the_delivery_was_accepted() -> None:
+    event = parse_pull_request_event(load_payload(OCTOKIT / "opened.payload.json"), delivery="d")
+    body = prefect_event(event, occurred=datetime(2026, 11, 28, 12, 0, 1, tzinfo=UTC))
+    assert body["payload"]["received"] == body["occurred"] == "2026-11-28T12:00:01Z"
+    assert parse_received(body["payload"]["received"]) == datetime(2026, 11, 28, 12, 0, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("2026-11-28T12:00:01.250000Z", datetime(2026, 11, 28, 12, 0, 1, 250000, tzinfo=UTC)),
+        ("2026-11-28T13:00:01+01:00", datetime(2026, 11, 28, 12, 0, 1, tzinfo=UTC)),
+        (datetime(2026, 11, 28, 12, tzinfo=UTC), datetime(2026, 11, 28, 12, tzinfo=UTC)),
+    ],
+)
+def test_parse_received(value: object, expected: datetime | None) -> None:
+    assert parse_received(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yesterday", "'yesterday' is not an ISO-8601 timestamp"),
+        ("2026-11-28T12:00:01", "has no time zone"),
+        (datetime(2026, 11, 28, 12), "has no time zone"),
+        (1764331201, "must be an ISO-8601 timestamp, got int"),
+    ],
+)
+def test_parse_received_names_the_parameter(value: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        parse_received(value)
+    assert str(caught.value).startswith("received")
 
 
 def test_occurred_defaults_to_now_and_must_be_aware() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -177,3 +178,33 @@ def test_stale_after_is_build_plus_push_plus_ten_minutes() -> None:
 
 def test_run_tags_name_the_pr_lower_cased() -> None:
     assert run_tags("Acme/App", 7) == ["previews", "repo:acme/app", "pr:7"]
+
+
+def received_at(ref: RunRef, minute: float | None) -> RunRef:
+    """``ref`` with the time its delivery was accepted (None: a run no delivery started)."""
+    return replace(ref, received=None if minute is None else T0 + timedelta(minutes=minute))
+
+
+def test_delivery_order_outranks_creation_order() -> None:
+    """A burst: the old push's run was created last; the later-received push still wins, both ways round."""
+    final = received_at(run("final", 1, B), 0.2)  # created first, received second
+    old = received_at(run("old", 2, A), 0.1)  # created second, received first
+    assert verdict(final, [old]) == ("proceed", "", ["old"])
+    assert verdict(old, [final]) == ("superseded", "final", [])
+    decision = decide(old, [final], now=T0 + timedelta(minutes=10), stale_after=STALE)
+    assert decision.reason == f"superseded by {B}"
+
+
+def test_a_run_without_received_is_placed_by_its_creation_time() -> None:
+    """A UI rerun created after a push's delivery is newer; one created before it is older (wall clock)."""
+    push = received_at(run("push", 9, A), 3)
+    assert verdict(run("rerun", 5, B), [push]) == ("proceed", "", ["push"])
+    assert verdict(run("rerun", 2, B), [push]) == ("superseded", "push", [])
+    # neither has it: creation time, as before
+    assert verdict(run("m", 5, B), [received_at(run("o", 1, A), None)]) == ("proceed", "", ["o"])
+
+
+def test_a_same_sha_run_is_judged_stale_by_its_creation_time_not_its_delivery() -> None:
+    """A replayed old delivery keeps its old ``received``; its run is young and still makes a duplicate."""
+    first = received_at(run("first", 9, A), -600)
+    assert verdict(run("m", 10, A), [first], now=T0 + timedelta(minutes=11))[0] == "duplicate"

@@ -8,6 +8,7 @@ import socket
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from previews.core.events import event_id
+from previews.core.events import event_id, parse_received
 from previews.errors import ValidationError
 from previews.ingress.outbox import Outbox
 from previews.settings import Settings
@@ -99,6 +100,27 @@ def test_accepted_delivery_is_in_the_outbox_before_the_answer(client: Client) ->
     event = entry.prefect_event()
     assert event["id"] == str(event_id("11111111-2222-3333-4444-555555555555"))
     assert event["resource"]["prefect.resource.id"] == "github.pull-request.codertocat/hello-world#2"
+
+
+def test_the_event_carries_when_it_was_accepted_and_a_replay_keeps_it(client: Client) -> None:
+    """``payload.received`` orders the PR's runs; a replay re-stamps ``occurred`` but not ``received``."""
+    before = datetime.now(UTC)
+    assert post(client, body_of(synchronize_payload()), delivery="recv-1").status_code == 202
+    entry = outbox_of(client).get("recv-1")
+    assert entry is not None
+    first = entry.prefect_event()
+    received = first["payload"]["received"]
+    assert received == first["occurred"]
+    accepted = parse_received(received)
+    assert accepted is not None
+    assert before <= accepted <= datetime.now(UTC)
+    outbox_of(client).mark_delivered(["recv-1"])
+    replayed = outbox_of(client).replay("recv-1")
+    assert replayed is not None
+    again = replayed.prefect_event()
+    assert again["occurred"] != first["occurred"]
+    assert again["payload"] == first["payload"]
+    assert again["payload"]["received"] == received
 
 
 def test_redelivery_answers_duplicate_and_stores_nothing_new(client: Client) -> None:

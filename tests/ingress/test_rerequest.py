@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from previews.core.events import event_id
+from previews.core.events import event_id, parse_received
 from previews.settings import Settings
 from tests.support.fake_github import FakeGitHub
 from tests.support.rerequests import rerequested
@@ -132,6 +133,9 @@ def test_a_signed_rerequest_starts_exactly_one_run_through_the_deployment(
                 again = runs_with_delivery(prefect_server, deployment, f"rerequest:{guid}")
         checks = gh.check_runs(repo, sha)
     (run,) = again
+    received = parse_received(run["parameters"].pop("received"))  # when the receiver accepted it
+    assert received is not None
+    assert abs(received - datetime.now(UTC)) < timedelta(minutes=5)
     assert run["parameters"] == {
         "repository": repo,
         "pr_number": 7,
