@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from prefect.states import Cancelled, Scheduled
 from pydantic import SecretStr
 
 from flows.preview_image import preview_image
+from previews.core.events import format_occurred
 from tests.conftest import run_image, settings_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.prefect_api import flow_run_logs, task_run_counts
@@ -138,6 +140,50 @@ def test_newer_push_cancels_the_older_build(
         wait_until_gone(marker) == []
     )  # the cancelled run's BuildKit build stopped: its RUN processes are gone
     assert not (workspace_root / f"previews-run-{run_a.id}").exists()
+
+
+@pytest.mark.slow
+def test_the_later_delivery_wins_though_its_run_was_created_first(
+    served: tuple[str, Path], served_sample: SampleProject, registry: Registry, image_cleanup: list[str]
+) -> None:
+    """A burst without GitHub settings: Prefect created the old push's run last; delivery order decides.
+
+    Whichever run starts first, the old commit's run ends Cancelled, "superseded by <final>", and pushes
+    nothing; the final head's run builds and pushes (by creation time the old commit would have won).
+    """
+    deployment, _ = served
+    sample = served_sample
+    old_sha = sample.app.commit({"src/main.txt": f"old push {uuid.uuid4().hex[:8]}\n"}, "old push")
+    final_sha = sample.app.commit({"src/main.txt": f"final push {uuid.uuid4().hex[:8]}\n"}, "final push")
+    accepted = datetime.now(UTC) - timedelta(seconds=5)
+    params = {"repository": sample.app.repository, "pr_number": 34}
+    final_run = create_run(
+        deployment,
+        {**params, "head_sha": final_sha, "delivery": str(uuid.uuid4()), "received": stamp(accepted, 1)},
+    )
+    old_run = create_run(  # created second, received first
+        deployment,
+        {**params, "head_sha": old_sha, "delivery": str(uuid.uuid4()), "received": stamp(accepted, 0)},
+    )
+    assert old_run.created is not None
+    assert final_run.created is not None
+    assert old_run.created > final_run.created
+
+    final = wait_final(final_run.id)
+    old = wait_final(old_run.id)
+    assert final.state is not None
+    assert final.state.type == StateType.COMPLETED, final.state.message
+    assert old.state is not None
+    assert (old.state.type, old.state.message) == (StateType.CANCELLED, f"superseded by {final_sha}")
+    assert "push" not in task_states(old_run.id)
+    image = sample.app.repository.lower()
+    image_cleanup.append(f"{registry.host}/{image}:pr-34-{final_sha}")
+    assert [t for t in registry.tags(image) if t.startswith("pr-34-")] == [f"pr-34-{final_sha}"]
+
+
+def stamp(moment: datetime, seconds: float) -> str:
+    """``received`` as the receiver writes it, ``seconds`` after ``moment``."""
+    return format_occurred(moment + timedelta(seconds=seconds))
 
 
 @pytest.mark.slow
