@@ -13,7 +13,8 @@ UI rerun, ``previews build``) builds the commit it names, as asked, but never ca
 
 Cancel-in-progress: ``supersede`` cancels older in-flight runs of the same PR at another SHA, skips this run
 when an older run already builds the same SHA, and stops it when a newer run exists; the PR's real head, when
-GitHub can be asked, outranks creation time (a late run for an old commit never cancels the head's build).
+GitHub can be asked, outranks run order (a late run for an old commit never cancels the head's build). Without
+GitHub, runs are ordered by ``received`` (when the receiver accepted the delivery), else by creation time.
 ``check-superseded`` asks again (with the head read again) right before the push. An image already published for the SHA with the same build settings is
 reused (``force_rebuild`` overrides).
 """

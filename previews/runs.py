@@ -188,7 +188,7 @@ class PrefectRuns:
     ) -> Supersession:
         """Decide this run's fate; with ``apply``, tag it and cancel the older runs it supersedes.
 
-        ``head`` is the PR's head SHA on GitHub when known: it outranks creation time (a run at the head is
+        ``head`` is the PR's head SHA on GitHub when known: it outranks run order (a run at the head is
         never cancelled or stopped by a run at another SHA).
 
         When this run is itself Cancelling or Cancelled (someone else superseded it meanwhile), the verdict is

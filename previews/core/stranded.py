@@ -9,9 +9,10 @@ run, and reconcile counts it as in flight, so it never starts a replacement eith
 The rule (pure; the reconcile flow reads the runs and acts): a run of a deployment that has been Pending
 (Prefect's ``Pending`` or the worker's ``Submitting`` sub-state) for longer than the threshold and has no
 ``infrastructure_pid`` is stranded; it goes back to Scheduled (``AwaitingRetry``), keeping its id, parameters
-and creation time (supersede orders runs by creation time), so any worker picks it up again. A Pending run
-with an ``infrastructure_pid`` is a slow start and is never touched; a run without a deployment (an in-process
-``previews build``) has no worker that could pick it up, so it is left alone too.
+and creation time (supersede orders runs by their ``received`` parameter, else creation time), so any worker
+picks it up again. A Pending run with an ``infrastructure_pid`` is a slow start and is never touched; a run
+without a deployment (an in-process ``previews build``) has no worker that could pick it up, so it is left
+alone too.
 """
 
 from __future__ import annotations
