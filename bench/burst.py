@@ -163,6 +163,9 @@ def burst(
         for r in runs
         if (spans := intervals.get(r["id"]))
     )
+    created = sorted(
+        datetime.fromisoformat(r["created"]).timestamp() - accepted[r["parameters"]["delivery"]] for r in runs
+    )
     image = sample.app.repository.lower()
     completed = sum(r["state"]["type"] == "COMPLETED" for r in final_runs)
     report_broken_promises(pushes, runs, registry.tags(image))
@@ -171,6 +174,8 @@ def burst(
         "builds executed / PRs": f"{builds_executed(endpoints.api, runs)} / {prs}",
         "final heads pushed": f"{len(registry.tags(image))} tags, {completed} final runs Completed",
         "runs Cancelled": f"{sum(r['state']['type'] == 'CANCELLED' for r in runs)} of {len(runs)}",
+        "accepted -> run created p50 / p99": f"{pct(created, 0.5):.1f} s / {pct(created, 0.99):.1f} s",
+        "PRs whose runs were created out of push order": f"{out_of_order(pushes, runs)} of {prs}",
         "accepted -> Running p50": f"{pct(waits, 0.5):.1f} s ({len(waits)} runs reached Running)",
         "accepted -> Running p99": f"{pct(waits, 0.99):.1f} s",
         "load average (1 min) before/after": f"{load_before:.1f} / {load_after:.1f}",
@@ -180,6 +185,16 @@ def burst(
         ),
         "CPU-s of the whole machine (flow containers, builds, the rest)": f"{busy_seconds() - busy_before:.0f}",
     }
+
+
+def out_of_order(pushes: list[Push], runs: list[dict[str, Any]]) -> int:
+    """How many PRs had their runs created in another order than their pushes were delivered."""
+    created = {r["parameters"]["delivery"]: r["created"] for r in runs}
+    count = 0
+    for pr in finals(pushes):
+        mine = [created[p.delivery] for p in pushes if p.pr == pr]
+        count += mine != sorted(mine)
+    return count
 
 
 def report_broken_promises(pushes: list[Push], runs: list[dict[str, Any]], tags: list[str]) -> None:
