@@ -21,7 +21,7 @@ A, B = "a" * 40, "b" * 40
 
 
 @flow(name="runs-adapter-test")
-def _stand_in(repository: str, pr_number: int, head_sha: str) -> None:
+def _stand_in(repository: str, pr_number: int, head_sha: str, received: str | None = None) -> None:
     """Only its name and parameters matter."""
 
 
@@ -31,10 +31,13 @@ def runs() -> Iterator[PrefectRuns]:
         yield adapter
 
 
-def start(pr: int, sha: str, state: State[None], repository: str = "acme/app") -> uuid.UUID:
+def start(
+    pr: int, sha: str, state: State[None], repository: str = "acme/app", received: str | None = None
+) -> uuid.UUID:
+    params = {"repository": repository, "pr_number": pr, "head_sha": sha}
     with get_client(sync_client=True) as client:
         run = client.create_flow_run(
-            _stand_in, parameters={"repository": repository, "pr_number": pr, "head_sha": sha}
+            _stand_in, parameters={**params, "received": received} if received else params
         )
         client.set_flow_run_state(run.id, state, force=True)
         return run.id
@@ -74,6 +77,25 @@ def test_supersede_cancels_the_older_run_and_a_queued_one_at_once(runs: PrefectR
     assert late.decision.verdict == "superseded"
     assert late.cancelled == ()
     assert state_of(queued_old) == StateType.SCHEDULED
+
+
+def test_runs_are_ordered_by_their_received_parameter_else_creation_time(runs: PrefectRuns) -> None:
+    """The old push's run was created last but its delivery came first: the final head's run cancels it."""
+    repo = f"acme/runs-{uuid.uuid4().hex[:6]}"
+    final = start(10, B, Running(), repo, received="2026-12-07T15:37:44.100000Z")
+    old = start(10, A, Scheduled(), repo, received="2026-12-07T15:37:44.000000Z")
+    found = {r.id: r for r in runs.in_flight(flow_name="runs-adapter-test") if r.repository == repo}
+    assert found[str(old)].received is not None
+    assert found[str(old)].order < found[str(final)].order
+    done = runs.supersede(final, stale_after=timedelta(hours=1))
+    assert done.decision.verdict == "proceed"
+    assert [c.run.id for c in done.cancelled] == [str(old)]
+    assert state_of(old) == StateType.CANCELLED
+    # an invalid ``received`` (the run will fail at validate) counts as absent: creation time places it
+    bad = start(11, A, Scheduled(), repo, received="yesterday")
+    (ref,) = [r for r in runs.in_flight(flow_name="runs-adapter-test") if r.id == str(bad)]
+    assert ref.received is None
+    assert ref.order[0] == ref.created
 
 
 def test_a_run_that_is_already_stopping_is_superseded(runs: PrefectRuns) -> None:
