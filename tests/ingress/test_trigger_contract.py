@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pydantic import SecretStr
 from flows.preview_image import preview_image
 from flows.preview_teardown import preview_teardown
 from flows.triggers import image_trigger, teardown_trigger
+from previews.core.events import parse_received
 from previews.settings import Settings
 from tests.support.webhooks import SECRET, WEBHOOKS, headers, load_payload, run_receiver
 
@@ -94,6 +96,9 @@ def test_a_synchronize_delivery_creates_one_typed_preview_image_run(
         time.sleep(2.0)
         assert len(runs_for(prefect_server, deployment_id, delivery)) == 1
     assert len(runs) == 1
+    received = parse_received(runs[0]["parameters"].pop("received"))  # when the receiver accepted it
+    assert received is not None
+    assert abs(received - datetime.now(UTC)) < timedelta(minutes=5)
     assert runs[0]["parameters"] == {
         "repository": "bradrydzewski/drone-test-go",
         "pr_number": 1,
