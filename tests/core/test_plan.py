@@ -61,6 +61,9 @@ def params(**overrides: Any) -> PreviewParams:
         ({"labels": "bug"}, "labels"),
         ({"labels": ["bug", 3]}, "labels"),
         ({"labels": {"name": "bug"}}, "labels"),
+        ({"received": "yesterday"}, "received"),
+        ({"received": "2026-12-07T15:37:44"}, "received"),  # no time zone: not comparable
+        ({"received": 1765121864}, "received"),
         # the first bad field is named, in parameter order
         ({"pr_number": 0, "fork": "yes"}, "pr_number"),
         ({"force_rebuild": 1, "labels": 2}, "force_rebuild"),
@@ -80,6 +83,11 @@ def test_good_parameters_are_typed() -> None:
     assert got.request.image_name == "registry.example.test/acme/app"
     assert (got.base_sha, got.fork, got.labels) == (BASE, True, ("bug", "safe-to-preview"))
     assert (got.delivery, got.force_rebuild) == ("d-1", True)
+    assert got.received is None
+    assert params(received="").received is None  # the trigger renders an absent ``received`` as null
+    assert params(received="2026-12-07T15:37:44.5Z").received == datetime(
+        2026, 12, 7, 15, 37, 44, 500000, tzinfo=UTC
+    )
     assert (
         params(base_sha="", labels=None, fork=None).base_sha is None
     )  # the trigger renders a missing base as ""
