@@ -30,8 +30,6 @@ from prefect.exceptions import ObjectNotFound
 from previews.errors import ValidationError
 from previews.prefect_errors import translated
 
-MAX_LIMIT = 1000
-
 
 def cap_name(pool: str) -> str:
     """The global concurrency limit shared by ``pool``'s deployments."""
@@ -74,8 +72,8 @@ class PoolLimits:
 
     def cap(self, pool: str, limit: int) -> PoolCap:
         """Give ``pool`` a concurrency limit of ``limit`` and make it hard (the module's docstring)."""
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ValidationError("limit", f"{limit} is not from 1 to {MAX_LIMIT}")
+        if limit < 1:
+            raise ValidationError("limit", f"{limit} is not a positive number of runs")
         with translated(f"work pool {pool!r}"):
             try:
                 self._client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))

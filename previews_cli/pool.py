@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from previews.pool import MAX_LIMIT
 from previews.wiring import Wiring
 from previews_cli import common
 from previews_cli.common import EXIT_OK, InvalidInputError
+
+# Nothing here imports Prefect before the command runs: one-shot commands choose the Prefect API first.
+MAX_LIMIT = 1000
 
 
 def _limit(text: str) -> int:

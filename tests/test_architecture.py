@@ -213,3 +213,16 @@ def test_functions_stay_short(package: str, limit: int) -> None:
                 if lines > limit:
                     long.append(f"{module_name(path)}.{node.name}: {lines} lines")
     assert long == []
+
+
+def test_the_cli_imports_no_prefect_before_a_command_runs() -> None:
+    """One-shot commands choose their Prefect API (``previews.local.prefect_api``) before Prefect is imported:
+    Prefect fixes its settings on import, so a command module that imports it early sends runs elsewhere."""
+    probe = (
+        "import sys, previews_cli.app; print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
