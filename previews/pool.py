@@ -14,10 +14,9 @@ cap), so the cap is set again after every deploy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
@@ -28,7 +27,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
 
 from previews.errors import ValidationError
-from previews.prefect_errors import translated
+from previews.prefect_errors import PrefectAdapter, translated
 
 
 def cap_name(pool: str) -> str:
@@ -56,19 +55,8 @@ class PoolCap:
         }
 
 
-class PoolLimits:
+class PoolLimits(PrefectAdapter):
     """Set a work pool's concurrency limit and the hard cap of the same size."""
-
-    def __init__(self, client: SyncPrefectClient) -> None:
-        self._client = client
-
-    def __enter__(self) -> Self:
-        with translated("connect"):
-            self._client.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._client.__exit__(None, None, None)
 
     def cap(self, pool: str, limit: int) -> PoolCap:
         """Give ``pool`` a concurrency limit of ``limit`` and make it hard (the module's docstring)."""

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Self
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -29,7 +27,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from previews.core.history import RunRecord, trigger_of
 from previews.core.names import parse_pr_number, parse_sha
 from previews.errors import ValidationError
-from previews.prefect_errors import translated
+from previews.prefect_errors import PrefectAdapter, translated
 
 IMAGE_FLOW, TEARDOWN_FLOW = "preview-image", "preview-teardown"
 _PAGE = 200
@@ -70,19 +68,8 @@ def _step(task_run: TaskRun) -> tuple[str, float]:
     return name, round(took.total_seconds(), 3)
 
 
-class RunHistory:
+class RunHistory(PrefectAdapter):
     """Preview runs of this Prefect API, through one sync client (enter it before use)."""
-
-    def __init__(self, client: SyncPrefectClient) -> None:
-        self._client = client
-
-    def __enter__(self) -> Self:
-        with translated("connect"):
-            self._client.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._client.__exit__(None, None, None)
 
     def runs(self, repository: str, pr_number: int | None, *, scan: int) -> list[RunRecord]:
         """The newest ``scan`` runs of both flows that belong to ``repository`` (and ``pr_number``)."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
@@ -43,7 +43,7 @@ from previews.core.reconcile import FinishedRun, PreviewMark, TeardownMark
 from previews.core.stranded import RESCHEDULED_STATE, PendingRun, Stranded
 from previews.core.supersede import Cancellation, RunRef, SupersedeDecision, decide
 from previews.errors import TransientPrefectError, ValidationError
-from previews.prefect_errors import translated
+from previews.prefect_errors import PrefectAdapter, translated
 
 IN_FLIGHT = (
     StateType.SCHEDULED,
@@ -131,24 +131,12 @@ def flow_run_url(ui_url: str | None) -> str | None:
     return str(url) if url else None
 
 
-class PrefectRuns:
+class PrefectRuns(PrefectAdapter):
     """Flow runs of this Prefect API, through one sync client (enter it before use, or call :meth:`close`)."""
 
     def __init__(self, client: SyncPrefectClient, *, page_size: int = _PAGE) -> None:
-        self._client = client
+        super().__init__(client)
         self._page = page_size
-
-    def __enter__(self) -> Self:
-        with translated("connect"):
-            self._client.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the client's connections."""
-        self._client.__exit__(None, None, None)
 
     def ping(self) -> None:
         """Raise :class:`TransientPrefectError` naming the API when the Prefect server does not answer."""
