@@ -153,9 +153,10 @@ class PrefectRuns(PrefectAdapter):
         )
         return [ref for run in self._in_flight_runs(flows) if (ref := run_ref(run)) is not None]
 
-    def _in_flight_runs(self, flows: FlowFilter) -> list[FlowRun]:
+    def _in_flight_runs(self, flows: FlowFilter, types: Sequence[StateType] = IN_FLIGHT) -> list[FlowRun]:
+        """Every run of ``flows`` in one of the state ``types`` (in flight by default), every page read."""
         runs: list[FlowRun] = []
-        states = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT))))
+        states = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types))))
         while True:
             with translated("read flow runs"):
                 page = self._client.read_flow_runs(
@@ -333,18 +334,7 @@ class PrefectRuns(PrefectAdapter):
     def pending(self, flow_names: Sequence[str]) -> list[PendingRun]:
         """Every run of the flows named ``flow_names`` that is Pending now (any Pending sub-state)."""
         flows = FlowFilter(name=FlowFilterName(any_=list(flow_names)))
-        wanted = FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
-        )
-        runs: list[FlowRun] = []
-        while True:
-            with translated("read flow runs"):
-                page = self._client.read_flow_runs(
-                    flow_filter=flows, flow_run_filter=wanted, limit=self._page, offset=len(runs)
-                )
-            runs.extend(page)
-            if len(page) < self._page:
-                break
+        runs = self._in_flight_runs(flows, (StateType.PENDING,))
         names = self._flow_names({run.flow_id for run in runs})
         return [p for run in runs if (p := _pending(run, names.get(run.flow_id, "?"))) is not None]
 
