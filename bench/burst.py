@@ -43,6 +43,7 @@ from previews.local.stack import Stack, _bin, _wait_http  # noqa: E402
 from tests.support.burst import (  # noqa: E402
     Push,
     builds_executed,
+    failed_actions,
     finals,
     plan_burst,
     running_intervals,
@@ -146,7 +147,7 @@ def burst(
         )
         time.sleep(rng.uniform(0.0, 0.25))
     first = min(accepted.values())
-    runs = wait_all_final(endpoints.api, sample.app.repository, len(pushes), timeout=3600)
+    runs = wait_all_final(endpoints.api, sample.app.repository, len(pushes), timeout=3600, settle=180)
     load_after = os.getloadavg()[0]
     cpu = {n: processes.cpu_seconds(pid) - cpu_before[n] for n, pid in endpoints.parts.items()}
     burst_s = time.time() - first
@@ -166,6 +167,7 @@ def burst(
     created = sorted(
         datetime.fromisoformat(r["created"]).timestamp() - accepted[r["parameters"]["delivery"]] for r in runs
     )
+    failed = failed_actions(endpoints.api)
     image = sample.app.repository.lower()
     completed = sum(r["state"]["type"] == "COMPLETED" for r in final_runs)
     report_broken_promises(pushes, runs, registry.tags(image))
@@ -174,6 +176,9 @@ def burst(
         "builds executed / PRs": f"{builds_executed(endpoints.api, runs)} / {prs}",
         "final heads pushed": f"{len(registry.tags(image))} tags, {completed} final runs Completed",
         "runs Cancelled": f"{sum(r['state']['type'] == 'CANCELLED' for r in runs)} of {len(runs)}",
+        "deliveries without a run (failed automation actions)": (
+            f"{len(pushes) - len(runs)} ({'; '.join(sorted(set(failed))) or 'none failed'})"
+        ),
         "accepted -> run created p50 / p99": f"{pct(created, 0.5):.1f} s / {pct(created, 0.99):.1f} s",
         "PRs whose runs were created out of push order": f"{out_of_order(pushes, runs)} of {prs}",
         "accepted -> Running p50": f"{pct(waits, 0.5):.1f} s ({len(waits)} runs reached Running)",

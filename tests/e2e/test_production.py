@@ -33,6 +33,7 @@ from previews.local import processes
 from tests.support.burst import (
     FINAL,
     Push,
+    failed_actions,
     finals,
     peak_overlap,
     plan_burst,
@@ -179,7 +180,9 @@ def check_burst(
     """The burst's promises: one run per delivery, finals built and pushed, the rest Cancelled, nothing lost."""
     final = finals(pushes)
     by_delivery = {r["parameters"]["delivery"]: r for r in runs}
-    assert sorted(by_delivery) == sorted(p.delivery for p in pushes), "a delivery has no run, or several"
+    assert sorted(by_delivery) == sorted(p.delivery for p in pushes), (
+        f"a delivery has no run, or several; failed automation actions: {failed_actions(production.api)}"
+    )
     assert len(runs) == len(pushes)
     wrong = [
         (
@@ -296,7 +299,7 @@ def _burst(
         if kill_midway and index == len(pushes) // 2:
             kill_one_server_and_one_worker(production, sample.app.repository)
     print(f"\n{len(pushes)} deliveries over {PRS} PRs sent in {time.monotonic() - started:.1f} s")
-    runs = wait_all_final(production.api, sample.app.repository, len(pushes), timeout=1800)
+    runs = wait_all_final(production.api, sample.app.repository, len(pushes), timeout=1800, settle=300)
     print(f"all {len(runs)} runs final {time.monotonic() - started:.1f} s after the first delivery")
     check_burst(production, registry, sample, pushes, runs)
 

@@ -92,17 +92,27 @@ def runs_of(api: str, repository: str) -> list[dict[str, Any]]:
             return [r for r in runs if r["parameters"].get("repository") == repository]
 
 
-def wait_all_final(api: str, repository: str, count: int, timeout: float) -> list[dict[str, Any]]:
-    """Wait until ``count`` runs of ``repository`` exist and all ended; return them."""
+def wait_all_final(
+    api: str, repository: str, count: int, timeout: float, *, settle: float | None = None
+) -> list[dict[str, Any]]:
+    """Wait until ``count`` runs of ``repository`` exist and all ended; return them.
+
+    With ``settle`` (the bench), also return when fewer runs exist but all ended and no new one appeared for
+    ``settle`` seconds: a delivery whose run was never created is then reported, not waited for.
+    """
     deadline = time.monotonic() + timeout
     runs: list[dict[str, Any]] = []
+    changed = time.monotonic()
     while time.monotonic() < deadline:
         try:
+            seen = len(runs)
             runs = runs_of(api, repository)
         except httpx.HTTPError:  # an API server being killed; HAProxy takes it out within 2 s
             time.sleep(1)
             continue
-        if len(runs) >= count and all(r["state"]["type"] in FINAL for r in runs):
+        changed = time.monotonic() if len(runs) != seen else changed
+        ended = all(r["state"]["type"] in FINAL for r in runs)
+        if ended and (len(runs) >= count or (settle is not None and time.monotonic() - changed > settle)):
             return runs
         time.sleep(3)
     states = sorted((r["name"], r["state"]["name"]) for r in runs)
@@ -175,3 +185,13 @@ def save_blocks(
             build_context="..",
             dockerfile="Dockerfile",
         ).save("previews", overwrite=True)
+
+
+def failed_actions(api: str) -> list[str]:
+    """The reasons of Prefect's failed automation actions (a trigger that could not create its run)."""
+    found = httpx.post(
+        f"{api}/events/filter",
+        json={"limit": 200, "filter": {"event": {"name": ["prefect.automation.action.failed"]}}},
+        timeout=30,
+    ).json()
+    return [str(e["payload"].get("reason", "?")) for e in found.get("events", [])]
