@@ -101,11 +101,11 @@ def _delete_deployment(full_name: str) -> None:
         client.delete_deployment(deployment.id)
 
 
-def create_run(deployment: str, parameters: dict[str, Any]) -> FlowRun:
+def create_run(deployment: str, parameters: dict[str, Any], state: State | None = None) -> FlowRun:
     """A new flow run of ``deployment`` (what an event trigger or the UI's "Run" button creates)."""
     with _sync_client() as client:
         dep = client.read_deployment_by_name(deployment)
-        run: FlowRun = client.create_flow_run_from_deployment(dep.id, parameters=parameters)
+        run: FlowRun = client.create_flow_run_from_deployment(dep.id, parameters=parameters, state=state)
         return run
 
 
